@@ -1,0 +1,10 @@
+"""bluesky-ptycho: live ptychography (incremental ePIE) for Bluesky beamlines.
+
+The engine core (:mod:`bluesky_ptycho.engine`) knows nothing of Bluesky or Tango; see
+``docs/`` and ``DESIGN.md`` for the layers.
+"""
+
+from bluesky_ptycho.engine import EPIE, EPIEOptions, ReconstructionState, reconstruct
+
+__all__ = ["EPIE", "EPIEOptions", "ReconstructionState", "reconstruct"]
+__version__ = "0.1.0"

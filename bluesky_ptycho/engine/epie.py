@@ -1,0 +1,598 @@
+"""The incremental ePIE (Maiden & Rodenburg 2009), written against the Python array API.
+
+One update for pattern ``j`` at patch ``O_j`` of the object, with probe ``P``::
+
+    psi   = P * O_j
+    Psi   = F[psi]                                  (unitary 2-D FFT)
+    Psi'  = sqrt(I_j) * Psi / (|Psi| + eps)         (modulus constraint, masked pixels kept)
+    dpsi  = F^-1[Psi'] - psi = F^-1[Psi * (sqrt(I_j) / (|Psi| + eps) - 1)]
+    O_j  += alpha * conj(P)   / max|P|^2   * dpsi
+    P    += beta  * conj(O_j) / max|O_j|^2 * dpsi   (with O_j before its update)
+
+Patterns can be added before, between and after passes. The same code runs on NumPy, CuPy and
+array-api-strict; NumPy additionally gets an in-place kernel (:mod:`._numpy_kernel`) that does the
+same arithmetic with preallocated buffers, and the tests check that both agree.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from bluesky_ptycho.backend import Backend, backend_for, get_backend, to_numpy
+from bluesky_ptycho.engine.forward import integer_positions
+from bluesky_ptycho.engine.state import ReconstructionState
+from bluesky_ptycho.engine.store import PatternStore
+
+__all__ = ["EPIE", "EPIEOptions", "default_probe", "reconstruct", "scale_probe"]
+
+
+@dataclass(frozen=True)
+class EPIEOptions:
+    """Options of the ePIE reconstructor.
+
+    Attributes
+    ----------
+    alpha, beta : float
+        Object and probe update strengths; 1 as in the study. ``beta=0`` keeps the probe fixed.
+    seed : int or None
+        Seed of the per-pass shuffling; the only source of randomness.
+    probe_update_start : int
+        Passes to complete before the probe is updated (0: from the first update).
+    eps : float
+        Regulariser of the modulus constraint, relative to the mean measured amplitude.
+    subpixel : bool
+        Honour fractional positions by shifting the probe with a Fourier phase ramp (two more
+        FFTs per update). Otherwise positions are rounded to the nearest pixel.
+    probe_fwhm_fraction : float
+        FWHM of the default Gaussian probe as a fraction of the frame size.
+    """
+
+    alpha: float = 1.0
+    beta: float = 1.0
+    seed: int | None = 0
+    probe_update_start: int = 0
+    eps: float = 1e-4
+    subpixel: bool = False
+    probe_fwhm_fraction: float = 0.125
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.alpha) and 0.0 < self.alpha <= 2.0):
+            raise ValueError(f"alpha must be in (0, 2], got {self.alpha!r}")
+        if not (math.isfinite(self.beta) and 0.0 <= self.beta <= 2.0):
+            raise ValueError(f"beta must be in [0, 2], got {self.beta!r}")
+        if self.probe_update_start < 0:
+            raise ValueError(f"probe_update_start must be >= 0, got {self.probe_update_start!r}")
+        if not (math.isfinite(self.eps) and self.eps > 0):
+            raise ValueError(f"eps must be positive, got {self.eps!r}")
+        if not 0.0 < self.probe_fwhm_fraction <= 1.0:
+            raise ValueError(
+                f"probe_fwhm_fraction must be in (0, 1], got {self.probe_fwhm_fraction!r}"
+            )
+
+
+def default_probe(shape: tuple[int, int], fwhm_px: float, total_counts: float) -> np.ndarray:
+    """The study's starting probe: a Gaussian with flat phase centred at ``(N//2, N//2)``.
+
+    Scaled so that ``sum(|P|**2) == total_counts`` (the counts of one pattern through empty
+    space under the unitary FFT).
+    """
+    rows = np.arange(shape[0]) - shape[0] // 2
+    cols = np.arange(shape[1]) - shape[1] // 2
+    sigma = fwhm_px / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+    # FWHM refers to the intensity |P|^2, so the amplitude has sqrt(2) times that sigma.
+    amp = np.exp(-(rows[:, None] ** 2 + cols[None, :] ** 2) / (4.0 * sigma**2))
+    amp *= math.sqrt(total_counts / float(np.sum(amp**2)))
+    return amp.astype(np.complex64)
+
+
+def scale_probe(probe: Any, intensities: Any, mask: Any = None) -> np.ndarray:
+    """Scale a probe so that ``sum(|P|**2)`` equals the mean counts per pattern.
+
+    Use it for a probe from another code or another normalisation (e.g. the measured
+    Siemens-star data's probe needs a factor of about 94).
+    """
+    p = to_numpy(probe).astype(np.complex64)
+    i = np.asarray(intensities, dtype=np.float64)
+    if mask is not None:
+        i = np.where(np.asarray(mask, dtype=bool), 0.0, i)
+    counts = float(np.mean(np.sum(np.clip(i, 0, None), axis=(-2, -1))))
+    power = float(np.sum(np.abs(p) ** 2))
+    if not (counts > 0 and power > 0):
+        raise ValueError("cannot scale a probe to empty patterns or an empty probe")
+    return (p * np.float32(math.sqrt(counts / power))).astype(np.complex64)
+
+
+class EPIE:
+    """Incremental ePIE reconstructor.
+
+    Parameters
+    ----------
+    object_shape : (int, int)
+        Shape of the object array, fixed for the reconstruction's life (see
+        :meth:`bluesky_ptycho.geometry.Geometry.object_frame`).
+    probe : array, optional
+        Initial probe ``(N, N)``. Default: a Gaussian with flat phase, made at the first
+        :meth:`add` and scaled to the mean counts of those patterns.
+    options : EPIEOptions, optional
+    probe_shape : (int, int), optional
+        Frame shape, when no probe is given; otherwise taken from the first frames added.
+    object : array, optional
+        Initial object; default ones.
+    backend : str or Backend, optional
+        ``"numpy"``, ``"cupy"`` or ``"array_api_strict"``. Default: the namespace of ``probe``,
+        or NumPy.
+
+    Notes
+    -----
+    Not thread-safe: one thread owns an engine (see :class:`bluesky_ptycho.live`).
+    """
+
+    def __init__(
+        self,
+        object_shape: tuple[int, int],
+        probe: Any = None,
+        options: EPIEOptions | None = None,
+        *,
+        probe_shape: tuple[int, int] | None = None,
+        object: Any = None,
+        backend: str | Backend | None = None,
+    ) -> None:
+        self._options = options if options is not None else EPIEOptions()
+        if isinstance(backend, Backend):
+            self._be = backend
+        elif backend is not None:
+            self._be = get_backend(backend)
+        elif probe is not None and not isinstance(probe, np.ndarray):
+            self._be = backend_for(probe)
+        else:
+            self._be = get_backend("numpy")
+        xp = self._be.xp
+        shape = _pair(object_shape, "object_shape")
+        self._object_shape = shape
+        if object is None:
+            self._object = xp.ones(shape, dtype=xp.complex64)
+        else:
+            o = self._asarray(object, xp.complex64)
+            if tuple(o.shape) != shape:
+                raise ValueError(f"object has shape {tuple(o.shape)}, expected {shape}")
+            self._object = o
+        self._probe: Any = None
+        self._probe_shape: tuple[int, int] | None = None
+        if probe is not None:
+            p = self._asarray(probe, xp.complex64)
+            if p.ndim != 2:
+                raise ValueError(f"probe must be 2-D, got shape {tuple(p.shape)}")
+            self._set_probe_shape(tuple(p.shape))
+            self._probe = p
+        elif probe_shape is not None:
+            self._set_probe_shape(_pair(probe_shape, "probe_shape"))
+        self._store: PatternStore | None = None
+        if self._probe_shape is not None:
+            self._store = PatternStore(self._be, self._probe_shape)
+        self._rng = np.random.default_rng(self._options.seed)
+        self._iteration = 0
+        self._pattern_updates = 0
+        self._history: list[float] = []
+        self._pass_order = np.zeros(0, dtype=np.int64)
+        self._pass_next = 0
+        self._pass_num = 0.0
+        self._pass_den = 0.0
+        self._kernel: Any = None
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def backend(self) -> Backend:
+        """The array backend the engine computes with."""
+        return self._be
+
+    @property
+    def options(self) -> EPIEOptions:
+        """The current options; assign new ones to steer a running reconstruction."""
+        return self._options
+
+    @options.setter
+    def options(self, options: EPIEOptions) -> None:
+        if not isinstance(options, EPIEOptions):
+            raise TypeError("options must be an EPIEOptions")
+        if options.seed != self._options.seed:
+            self._rng = np.random.default_rng(options.seed)
+        self._options = options
+
+    @property
+    def object_shape(self) -> tuple[int, int]:
+        return self._object_shape
+
+    @property
+    def probe_shape(self) -> tuple[int, int] | None:
+        return self._probe_shape
+
+    @property
+    def n_patterns(self) -> int:
+        """Number of patterns held."""
+        return 0 if self._store is None else len(self._store)
+
+    @property
+    def iteration(self) -> int:
+        """Completed passes."""
+        return self._iteration
+
+    @property
+    def pattern_updates(self) -> int:
+        """Single-pattern updates done so far."""
+        return self._pattern_updates
+
+    @property
+    def nbytes_per_pattern(self) -> float:
+        """Bytes the engine holds per stored pattern (measured data and bookkeeping)."""
+        if self._store is None or len(self._store) == 0:
+            return 0.0
+        return self._store.nbytes / len(self._store)
+
+    # ------------------------------------------------------------------ data in
+    def add(self, intensities: Any, positions_px: Any, mask: Any = None) -> np.ndarray:
+        """Add patterns; allowed before, between and after passes.
+
+        Parameters
+        ----------
+        intensities : array, shape (n, N, N) or (N, N)
+            Measured counts, zero spatial frequency at ``(N//2, N//2)``. Negative values are
+            clipped to zero.
+        positions_px : array, shape (n, 2) or (2,)
+            ``(row, col)`` of the probe patch's top-left corner in the object array; may be
+            fractional.
+        mask : bool array, shape (N, N) or (n, N, N), optional
+            True where a pixel is bad: it is left out of the modulus constraint.
+
+        Returns
+        -------
+        ndarray of int
+            The indices the new patterns got.
+
+        Raises
+        ------
+        ValueError
+            On a shape mismatch, a non-finite value, or a patch outside the object. The engine
+            is left unchanged.
+        """
+        frames = np.asarray(
+            to_numpy(intensities) if not isinstance(intensities, np.ndarray) else intensities
+        )
+        if frames.ndim == 2:
+            frames = frames[None]
+        if frames.ndim != 3:
+            raise ValueError(f"intensities must have shape (n, N, N) or (N, N), got {frames.shape}")
+        if not np.issubdtype(frames.dtype, np.number) or np.iscomplexobj(frames):
+            raise ValueError(f"intensities must be real numbers, got dtype {frames.dtype}")
+        n = frames.shape[0]
+        frame_shape = (int(frames.shape[1]), int(frames.shape[2]))
+        if self._probe_shape is not None and frame_shape != self._probe_shape:
+            raise ValueError(
+                f"intensities have frame shape {frame_shape}, the probe is {self._probe_shape}"
+            )
+        pos = np.asarray(
+            to_numpy(positions_px) if not isinstance(positions_px, np.ndarray) else positions_px,
+            dtype=np.float64,
+        )
+        if pos.ndim == 1 and pos.shape == (2,):
+            pos = pos[None]
+        if pos.shape != (n, 2):
+            raise ValueError(f"positions_px must have shape ({n}, 2), got {pos.shape}")
+        if not np.all(np.isfinite(pos)):
+            raise ValueError("positions_px contains NaN or infinite values")
+        bad = ~np.all(np.isfinite(frames), axis=(1, 2)) if n else np.zeros(0, bool)
+        if np.any(bad):
+            which = np.flatnonzero(bad)[:10].tolist()
+            raise ValueError(f"intensities contain NaN or infinite values in frame(s) {which}")
+        corners = integer_positions(pos)
+        limit = np.array(self._object_shape) - np.array(frame_shape)
+        outside = np.any((corners < 0) | (corners > limit), axis=1)
+        if np.any(outside):
+            k = int(np.flatnonzero(outside)[0])
+            raise ValueError(
+                f"{int(outside.sum())} position(s) put the probe patch outside the object "
+                f"{self._object_shape}: e.g. pattern {k} at {pos[k].tolist()} "
+                f"(valid corners: 0..{limit.tolist()})"
+            )
+        m = None
+        if mask is not None:
+            m = np.asarray(to_numpy(mask) if not isinstance(mask, np.ndarray) else mask)
+            if m.dtype != bool:
+                raise ValueError(f"mask must be boolean (True = bad pixel), got {m.dtype}")
+            if m.shape == frame_shape:
+                m = np.broadcast_to(m, frames.shape)
+            elif m.shape != frames.shape:
+                raise ValueError(
+                    f"mask must have shape {frame_shape} or {frames.shape}, got {m.shape}"
+                )
+        if n == 0:
+            return np.zeros(0, dtype=np.int64)
+        # All checks passed: from here on nothing raises for bad input.
+        if self._probe_shape is None:
+            self._set_probe_shape(frame_shape)
+            self._store = PatternStore(self._be, frame_shape)
+        if self._probe is None:
+            counts = np.clip(frames, 0, None).astype(np.float64)
+            if m is not None:
+                counts = np.where(m, 0.0, counts)
+            total = float(np.mean(np.sum(counts, axis=(1, 2))))
+            fwhm = self._options.probe_fwhm_fraction * frame_shape[0]
+            self._probe = self._asarray(
+                default_probe(frame_shape, fwhm, max(total, 1.0)), self._be.xp.complex64
+            )
+        assert self._store is not None
+        return self._store.append(frames, pos, m)
+
+    # ------------------------------------------------------------------ iterations
+    def iterate(
+        self, passes: int = 1, *, callback: Callable[[int, float], None] | None = None
+    ) -> np.ndarray:
+        """Run ``passes`` passes; each visits every pattern held once, freshly shuffled.
+
+        A pass left unfinished by :meth:`step` is completed first and counts as a pass.
+
+        Parameters
+        ----------
+        passes : int
+        callback : callable(iteration, fourier_error), optional
+            Called after each pass.
+
+        Returns
+        -------
+        ndarray
+            The normalised Fourier error of each pass run.
+        """
+        if passes < 0:
+            raise ValueError(f"passes must be >= 0, got {passes}")
+        errors = []
+        for _ in range(passes):
+            if self.n_patterns == 0:
+                break
+            before = self._iteration
+            while self._iteration == before:
+                self.step(max(1, self.n_patterns))
+            errors.append(self._history[-1])
+            if callback is not None:
+                callback(self._iteration, self._history[-1])
+        return np.asarray(errors, dtype=np.float64)
+
+    def step(self, max_updates: int) -> int:
+        """Run up to ``max_updates`` single-pattern updates, continuing the current pass.
+
+        Stops at the end of a pass, so callers can publish after every pass.
+
+        Returns
+        -------
+        int
+            Updates done (0 when no pattern is held).
+        """
+        if self.n_patterns == 0 or max_updates <= 0:
+            return 0
+        if self._pass_next >= self._pass_order.size:
+            self._pass_order = self._rng.permutation(self.n_patterns)
+            self._pass_next = 0
+            self._pass_num = 0.0
+            self._pass_den = 0.0
+        stop = min(self._pass_order.size, self._pass_next + int(max_updates))
+        indices = self._pass_order[self._pass_next : stop]
+        num, den = self._run(indices)
+        self._pass_num += num
+        self._pass_den += den
+        self._pass_next = stop
+        if self._pass_next >= self._pass_order.size:
+            err = self._pass_num / self._pass_den if self._pass_den > 0 else float("nan")
+            self._history.append(err)
+            self._iteration += 1
+        return int(indices.size)
+
+    def _run(self, indices: np.ndarray) -> tuple[float, float]:
+        assert self._store is not None and self._probe is not None
+        opts = self._options
+        update_probe = opts.beta > 0 and self._iteration >= opts.probe_update_start
+        kernel = self._get_kernel()
+        num, den = kernel.run(indices, update_probe)
+        self._pattern_updates += int(indices.size)
+        self._store.count_updates(indices)
+        return num, den
+
+    def _get_kernel(self) -> Any:
+        from bluesky_ptycho.engine.kernels import select_kernel
+
+        if self._kernel is None or not self._kernel.matches(self):
+            self._kernel = select_kernel(self)
+        return self._kernel
+
+    # ------------------------------------------------------------------ state
+    def state(self) -> ReconstructionState:
+        """Host NumPy copies of object, probe, positions, counters and error history."""
+        n = self.n_patterns
+        probe = (
+            to_numpy(self._probe)
+            if self._probe is not None
+            else np.zeros(self._probe_shape or (0, 0), dtype=np.complex64)
+        )
+        return ReconstructionState(
+            object=to_numpy(self._object).astype(np.complex64, copy=False),
+            probe=probe.astype(np.complex64, copy=False),
+            positions_px=(self._store.positions[:n].copy() if self._store else np.zeros((0, 2))),
+            iteration=self._iteration,
+            pattern_updates=self._pattern_updates,
+            fourier_error=np.asarray(self._history, dtype=np.float64),
+            updates_per_pattern=(
+                self._store.updates[:n].copy() if self._store else np.zeros(0, np.int64)
+            ),
+        )
+
+    def load_state(self, state: ReconstructionState) -> None:
+        """Resume from ``state``: object, probe, counters and error history.
+
+        The patterns held stay; their positions are taken from the state when it describes the
+        same number of patterns. Raises ``ValueError`` (engine unchanged) on a shape mismatch.
+        """
+        obj = np.asarray(state.object)
+        if obj.shape != self._object_shape:
+            raise ValueError(
+                f"state object has shape {obj.shape}, the engine's is {self._object_shape}"
+            )
+        probe = np.asarray(state.probe)
+        if probe.ndim != 2 or (self._probe_shape is not None and probe.shape != self._probe_shape):
+            raise ValueError(
+                f"state probe has shape {probe.shape}, the engine's is {self._probe_shape}"
+            )
+        for name, arr in (("object", obj), ("probe", probe)):
+            if not np.all(np.isfinite(arr)):
+                raise ValueError(f"state {name} contains NaN or infinite values")
+        n = self.n_patterns
+        pos = np.asarray(state.positions_px, dtype=np.float64)
+        adopt_positions = n > 0 and pos.shape == (n, 2)
+        if adopt_positions:
+            corners = integer_positions(pos)
+            limit = np.array(self._object_shape) - np.array(probe.shape)
+            if np.any((corners < 0) | (corners > limit)) or not np.all(np.isfinite(pos)):
+                raise ValueError("state positions put probe patches outside the object")
+        xp = self._be.xp
+        self._object = self._asarray(obj, xp.complex64)
+        if self._probe_shape is None:
+            self._set_probe_shape(tuple(probe.shape))
+            self._store = PatternStore(self._be, self._probe_shape)
+        self._probe = self._asarray(probe, xp.complex64)
+        self._iteration = int(state.iteration)
+        self._pattern_updates = int(state.pattern_updates)
+        self._history = [float(e) for e in np.asarray(state.fourier_error).ravel()]
+        assert self._store is not None
+        if adopt_positions:
+            self._store.set_positions(pos)
+        ups = np.asarray(state.updates_per_pattern, dtype=np.int64).ravel()
+        k = min(ups.size, n)
+        self._store.updates[:k] = ups[:k]
+        self._pass_order = np.zeros(0, dtype=np.int64)
+        self._pass_next = 0
+        self._kernel = None
+
+    def set_probe(self, probe: Any) -> None:
+        """Replace the probe (same shape), e.g. with a probe imported from another run."""
+        p = np.asarray(to_numpy(probe))
+        if p.ndim != 2 or (self._probe_shape is not None and p.shape != self._probe_shape):
+            raise ValueError(f"probe has shape {p.shape}, expected {self._probe_shape}")
+        if not np.all(np.isfinite(p)):
+            raise ValueError("probe contains NaN or infinite values")
+        if self._probe_shape is None:
+            self._set_probe_shape(tuple(p.shape))
+            self._store = PatternStore(self._be, self._probe_shape)
+        self._probe = self._asarray(p, self._be.xp.complex64)
+        self._kernel = None
+
+    def set_object(self, obj: Any) -> None:
+        """Replace the object (same shape)."""
+        o = np.asarray(to_numpy(obj))
+        if o.shape != self._object_shape:
+            raise ValueError(f"object has shape {o.shape}, expected {self._object_shape}")
+        if not np.all(np.isfinite(o)):
+            raise ValueError("object contains NaN or infinite values")
+        self._object = self._asarray(o, self._be.xp.complex64)
+        self._kernel = None
+
+    # ------------------------------------------------------------------ helpers
+    def _set_probe_shape(self, shape: tuple[int, ...]) -> None:
+        ps = _pair(shape, "probe shape")
+        if ps[0] > self._object_shape[0] or ps[1] > self._object_shape[1]:
+            raise ValueError(f"probe shape {ps} does not fit in the object {self._object_shape}")
+        self._probe_shape = ps
+
+    def _asarray(self, a: Any, dtype: Any) -> Any:
+        xp = self._be.xp
+        if isinstance(a, np.ndarray) and not self._be.is_numpy:
+            a = a.astype(np.complex64) if np.iscomplexobj(a) or dtype == xp.complex64 else a
+        arr = xp.asarray(a)
+        if arr.dtype != dtype:
+            arr = xp.astype(arr, dtype)
+        if self._be.is_numpy:
+            arr = np.array(arr, dtype=np.complex64, copy=True, order="C")
+        else:
+            arr = xp.asarray(arr, copy=True)
+        return arr
+
+
+def _pair(value: Any, name: str) -> tuple[int, int]:
+    try:
+        a, b = (int(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a pair of integers, got {value!r}") from None
+    if a <= 0 or b <= 0:
+        raise ValueError(f"{name} must be positive, got {(a, b)}")
+    return a, b
+
+
+def reconstruct(
+    intensities: Any,
+    positions_px: Any,
+    *,
+    probe: Any = None,
+    passes: int = 50,
+    options: EPIEOptions | None = None,
+    mask: Any = None,
+    margin_px: int = 0,
+    backend: str | None = None,
+    callback: Callable[[int, float], None] | None = None,
+) -> ReconstructionState:
+    """Reconstruct in one call, sizing the object from the positions.
+
+    The positions are shifted by a whole number of pixels so that the smallest lands at
+    ``margin_px``; the returned state's ``positions_px`` are the shifted ones.
+
+    Parameters
+    ----------
+    intensities : array (n, N, N)
+        Counts, zero frequency at ``(N//2, N//2)``.
+    positions_px : array (n, 2)
+        ``(row, col)`` top-left patch corners in pixels (any origin).
+    probe : array (N, N), optional
+        Initial probe; default a Gaussian scaled to the mean counts.
+    passes : int
+    options : EPIEOptions, optional
+    mask : bool array, optional
+        True where a pixel is bad.
+    margin_px : int
+        Empty object border around the scanned area.
+    backend : str, optional
+    callback : callable(iteration, error), optional
+
+    Returns
+    -------
+    ReconstructionState
+    """
+    frames = np.asarray(
+        to_numpy(intensities) if not isinstance(intensities, np.ndarray) else intensities
+    )
+    pos = np.asarray(positions_px, dtype=np.float64)
+    if frames.ndim != 3 or pos.shape != (frames.shape[0], 2) or frames.shape[0] == 0:
+        raise ValueError(
+            f"need intensities (n, N, N) and positions (n, 2), got {frames.shape} and {pos.shape}"
+        )
+    if not np.all(np.isfinite(pos)):
+        raise ValueError("positions_px contains NaN or infinite values")
+    shifted = pos - np.floor(pos.min(axis=0)) + margin_px
+    extent = np.ceil(shifted.max(axis=0)).astype(int)
+    shape = (
+        int(extent[0]) + frames.shape[1] + margin_px + 1,
+        int(extent[1]) + frames.shape[2] + margin_px + 1,
+    )
+    engine = EPIE(
+        shape,
+        probe=probe,
+        options=options or EPIEOptions(),
+        backend=backend,
+        probe_shape=frames.shape[1:],
+    )
+    engine.add(frames, shifted, mask=mask)
+    engine.iterate(passes, callback=callback)
+    return engine.state()
+
+
+def with_options(engine: EPIE, **changes: Any) -> None:
+    """Change some options of a running engine (``engine.options = replace(...)``)."""
+    engine.options = replace(engine.options, **changes)

@@ -1,0 +1,58 @@
+"""The reconstruction state: host copies of everything needed to resume or publish."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["ReconstructionState"]
+
+
+@dataclass
+class ReconstructionState:
+    """A snapshot of a reconstruction, as host NumPy arrays.
+
+    Attributes
+    ----------
+    object : ndarray, complex64, shape (H, W)
+        The specimen's complex transmission.
+    probe : ndarray, complex64, shape (N, N)
+        The illumination, scaled so that ``sum(|probe|**2)`` is the counts of one pattern.
+    positions_px : ndarray, float64, shape (n, 2)
+        ``(row, col)`` of each pattern's probe-patch top-left corner in the object array.
+    iteration : int
+        Completed passes (a pass visits every pattern held once).
+    pattern_updates : int
+        Single-pattern ePIE updates done so far, over all passes.
+    fourier_error : ndarray, float64, shape (iteration,)
+        Normalised Fourier error of each completed pass,
+        ``sum((|F(P O)| - sqrt(I))**2) / sum(I)`` over the patterns that pass visited.
+    updates_per_pattern : ndarray, int64, shape (n,)
+        How often each pattern has been used in an update.
+    """
+
+    object: np.ndarray
+    probe: np.ndarray
+    positions_px: np.ndarray
+    iteration: int = 0
+    pattern_updates: int = 0
+    fourier_error: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float64))
+    updates_per_pattern: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    @property
+    def n_patterns(self) -> int:
+        """Number of patterns the state's positions describe."""
+        return int(self.positions_px.shape[0])
+
+    def copy(self) -> ReconstructionState:
+        """Return a deep copy."""
+        return ReconstructionState(
+            object=self.object.copy(),
+            probe=self.probe.copy(),
+            positions_px=self.positions_px.copy(),
+            iteration=self.iteration,
+            pattern_updates=self.pattern_updates,
+            fourier_error=self.fourier_error.copy(),
+            updates_per_pattern=self.updates_per_pattern.copy(),
+        )
