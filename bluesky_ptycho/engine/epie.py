@@ -389,6 +389,35 @@ class EPIE:
             self._iteration += 1
         return int(indices.size)
 
+    def update(self, indices: Any) -> float:
+        """Run one update for each of the given patterns, in the given order.
+
+        Not counted as a pass (``iteration`` and the per-pass error history are unchanged);
+        used by pacing policies that must choose which patterns to visit, e.g. to cap the
+        updates per pattern during a live scan.
+
+        Returns
+        -------
+        float
+            The normalised Fourier error over the patterns visited (NaN when none).
+        """
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if idx.size and (idx.min() < 0 or idx.max() >= self.n_patterns):
+            raise ValueError(f"pattern indices must be in [0, {self.n_patterns}), got {idx}")
+        if idx.size == 0:
+            return float("nan")
+        num, den = self._run(idx)
+        return num / den if den > 0 else float("nan")
+
+    def reserve(self, n_patterns: int) -> None:
+        """Preallocate storage for ``n_patterns`` more patterns (e.g. the nominal scan's).
+
+        Needs the frame shape (a probe or ``probe_shape`` given at construction).
+        """
+        if self._store is None:
+            raise ValueError("reserve needs the frame shape: give probe or probe_shape first")
+        self._store.reserve(int(n_patterns))
+
     def _run(self, indices: np.ndarray) -> tuple[float, float]:
         assert self._store is not None and self._probe is not None
         opts = self._options

@@ -55,6 +55,7 @@ class PatternStore:
         self.backend = backend
         self.frame_shape = frame_shape
         self._blocks: list[Any] = []
+        self._room = 0  # unused rows at the end of the last block (see reserve)
         self._block = _Grow((), np.int32)
         self._offset = _Grow((), np.int32)
         self._pos = _Grow((2,), np.float64)
@@ -92,6 +93,7 @@ class PatternStore:
     def nbytes(self) -> int:
         """Bytes held: amplitude blocks plus per-pattern bookkeeping."""
         amp = sum(int(b.size) * _itemsize(b) for b in self._blocks)
+        amp -= self._room * self.frame_shape[0] * self.frame_shape[1] * 2
         per = 4 + 4 + 16 + 16 + 1 + 8 + 8 + 4
         return amp + per * len(self)
 
@@ -112,11 +114,19 @@ class PatternStore:
         else:
             masked = np.zeros(n, dtype=bool)
         codes = np.ascontiguousarray(np.fft.ifftshift(codes, axes=(-2, -1)))
-        block = codes if self.backend.is_numpy else self.backend.xp.asarray(codes)
         start = len(self)
-        self._blocks.append(block)
-        self._block.extend(np.full(n, len(self._blocks) - 1, dtype=np.int32))
-        self._offset.extend(np.arange(n, dtype=np.int32))
+        fit = min(n, self._room)
+        if fit:  # fill the reserved block first
+            block_id = len(self._blocks) - 1
+            first = int(self._blocks[block_id].shape[0]) - self._room
+            self._blocks[block_id][first : first + fit, ...] = self._to_device(codes[:fit])
+            self._room -= fit
+            self._block.extend(np.full(fit, block_id, dtype=np.int32))
+            self._offset.extend(np.arange(first, first + fit, dtype=np.int32))
+        if n > fit:
+            self._blocks.append(self._to_device(np.ascontiguousarray(codes[fit:])))
+            self._block.extend(np.full(n - fit, len(self._blocks) - 1, dtype=np.int32))
+            self._offset.extend(np.arange(n - fit, dtype=np.int32))
         self._pos.extend(positions)
         self._corner.extend(integer_positions(positions))
         self._masked.extend(masked)
@@ -124,6 +134,17 @@ class PatternStore:
         self._scale.extend(scale.astype(np.float32))
         self._updates.extend(np.zeros(n, dtype=np.int64))
         return np.arange(start, start + n, dtype=np.int64)
+
+    def reserve(self, n: int) -> None:
+        """Preallocate one block for ``n`` more patterns; appends fill it until it is full."""
+        if n <= self._room:
+            return
+        xp = self.backend.xp
+        self._blocks.append(xp.zeros((n, *self.frame_shape), dtype=xp.uint16))
+        self._room = n
+
+    def _to_device(self, codes: np.ndarray) -> Any:
+        return codes if self.backend.is_numpy else self.backend.xp.asarray(codes)
 
     @property
     def scales(self) -> np.ndarray:
