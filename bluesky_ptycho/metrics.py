@@ -283,8 +283,10 @@ def align_to_reference(
     """Bring ``estimate`` onto ``reference``, removing the ptychographic ambiguities.
 
     In order: the translation found by :func:`register_shift` is undone with a Fourier shift
-    (periodic; edges are unreliable), then (optionally) a linear phase ramp, then the global
-    complex factor ``c = sum(conj(est) * ref) / sum(|est|**2)`` over ``region`` is applied.
+    (periodic; edges are unreliable), then the global complex factor
+    ``c = sum(conj(est) * ref) / sum(|est|**2)`` over ``region`` is applied. With
+    ``remove_ramp`` a linear phase ramp (the frequency of the peak of the spectrum of
+    ``ref * conj(est)``) is removed before and again after the translation.
 
     Parameters
     ----------
@@ -310,15 +312,21 @@ def align_to_reference(
         raise ValueError(f"shapes differ: estimate {est.shape}, reference {ref.shape}")
     mask = _region_mask(region, est.shape)
     weight = mask.astype(np.float64)
+    rows = np.arange(est.shape[0])[:, None]
+    cols = np.arange(est.shape[1])[None, :]
+
+    def deramp(a: NDArray[np.complex128]) -> NDArray[np.complex128]:
+        q0, q1 = _phase_ramp_frequency(a, ref, weight)
+        return a * np.exp(2j * np.pi * (q0 * rows + q1 * cols))
+
+    if remove_ramp:  # a ramp misleads the registration: remove it first, again after it
+        est = deramp(est)
     if shift:
         s = register_shift(ref, est, upsample=20 if subpixel else 1, region=mask)
         if s != (0.0, 0.0):
             est = fourier_shift(est, (-s[0], -s[1]))
-    if remove_ramp:
-        q0, q1 = _phase_ramp_frequency(est, ref, weight)
-        rows = np.arange(est.shape[0])[:, None]
-        cols = np.arange(est.shape[1])[None, :]
-        est = est * np.exp(2j * np.pi * (q0 * rows + q1 * cols))
+    if remove_ramp and shift:
+        est = deramp(est)
     e = est[mask]
     norm = np.sum(np.abs(e) ** 2)
     c = np.sum(np.conj(e) * ref[mask]) / norm if norm > 0 else 0.0
