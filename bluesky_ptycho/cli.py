@@ -65,8 +65,10 @@ def _demo_offline(args: argparse.Namespace) -> int:
         out / f"demo-{stamp}.png",
     )
     updates = state.pattern_updates / max(elapsed, 1e-9)
-    print(f"{state.n_patterns} patterns, {state.iteration} passes in {elapsed:.2f} s "
-          f"({updates:.0f} pattern updates/s)")
+    print(
+        f"{state.n_patterns} patterns, {state.iteration} passes in {elapsed:.2f} s "
+        f"({updates:.0f} pattern updates/s)"
+    )
     print(f"Fourier error {state.fourier_error[-1]:.4f}; object error vs truth {error:.4f}")
     print(f"result: {h5}\nfigure: {png}")
     return 0 if np.isfinite(error) else 1

@@ -222,10 +222,8 @@ def _parse_pattern(
     if pattern in _GRID_PATTERNS:
         if n_side is not None:
             if n_rows is not None or n_cols is not None:
-                raise ValueError(
-                    f"pattern {pattern!r}: give n_side or n_rows and n_cols, not both"
-                )
-            n_rows = n_cols = n_side
+                raise ValueError(f"pattern {pattern!r}: give n_side or n_rows and n_cols, not both")
+            n_rows = n_cols = _count("n_side", n_side)
         missing = [k for k, v in (("n_rows", n_rows), ("n_cols", n_cols)) if v is None]
         if missing:
             raise ValueError(f"pattern {pattern!r} needs {need}; missing {', '.join(missing)}")
@@ -401,9 +399,7 @@ def _check_per_step(per_step: Any) -> PerStep:
 
 def _required_setup_fields() -> list[str]:
     return [
-        f.name
-        for f in fields(ScanSetup)
-        if f.default is MISSING and f.default_factory is MISSING  # type: ignore[misc]
+        f.name for f in fields(ScanSetup) if f.default is MISSING and f.default_factory is MISSING
     ]
 
 
@@ -411,17 +407,22 @@ def _scan_setup(
     setup: ScanSetup | Mapping[str, Any],
     *,
     pattern: str,
-    positions_m: NDArray[np.float64],
+    positions: NDArray[np.float64],
     position_keys: tuple[str, str],
 ) -> ScanSetup:
-    """The given setup with the scan filled in by the plan."""
+    """The given setup with the scan filled in; ``positions`` in motor units."""
     filled: dict[str, Any] = {
         "pattern": pattern,
-        "nominal_positions_m": positions_m,
+        "nominal_positions_m": positions,
         "extent_m": None,
-        "num_points": int(positions_m.shape[0]),
+        "num_points": int(positions.shape[0]),
         "position_keys": position_keys,
     }
+    completed = _fill_setup(setup, filled)
+    return replace(completed, nominal_positions_m=positions * completed.position_scale_m)
+
+
+def _fill_setup(setup: ScanSetup | Mapping[str, Any], filled: dict[str, Any]) -> ScanSetup:
     if isinstance(setup, ScanSetup):
         return replace(setup, **filled)
     if not isinstance(setup, Mapping):
@@ -495,10 +496,7 @@ class _Request:
     def start_metadata(self, pattern: _Pattern, points: NDArray[np.float64]) -> dict[str, Any]:
         """Start-document metadata for the absolute ``pattern`` visiting ``points``."""
         setup = _scan_setup(
-            self.setup,
-            pattern=pattern.name,
-            positions_m=points * _scale(self.setup),
-            position_keys=self.position_keys,
+            self.setup, pattern=pattern.name, positions=points, position_keys=self.position_keys
         )
         n = int(points.shape[0])
         y_key, x_key = self.position_keys
@@ -527,13 +525,6 @@ class _Request:
         }
         md[START_KEY] = _ptycho_doc(setup, self.md.get(START_KEY) or {})
         return md
-
-
-def _scale(setup: ScanSetup | Mapping[str, Any]) -> float:
-    if isinstance(setup, ScanSetup):
-        return float(setup.position_scale_m)
-    value = setup.get("position_scale_m", 1.0)
-    return float(value) if isinstance(value, numbers.Real) else 1.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -569,10 +560,9 @@ def _step_scan(request: _Request, points: NDArray[np.float64], md: dict[str, Any
     return (yield from inner())
 
 
-def _execute(request: _Request) -> Plan:
+def _execute(request: _Request, points: NDArray[np.float64], md: dict[str, Any]) -> Plan:
+    """Run an absolute scan as prepared, or re-centre a relative one first."""
     if not request.relative:
-        points = request.pattern.positions()
-        md = request.start_metadata(request.pattern, points)
         return (yield from _step_scan(request, points, md))
     origin_y = yield from _current_position(request.y_motor)
     origin_x = yield from _current_position(request.x_motor)
@@ -657,10 +647,11 @@ def _plan(
         md=dict(md),
         plan_args=plan_args,
     )
-    # Build the metadata once now so that a bad setup or md fails at call time; a relative
-    # scan rebuilds it around the motors' positions when it runs (still before open_run).
-    request.start_metadata(spec, spec.positions())
-    return _execute(request)
+    # Build the metadata now so that a bad setup or md fails at call time; a relative scan
+    # rebuilds it around the motors' positions when it runs (still before open_run).
+    points = spec.positions()
+    md_now = request.start_metadata(spec, points)
+    return _execute(request, points, md_now)
 
 
 def ptycho_scan(
@@ -760,7 +751,7 @@ def ptycho_scan(
     per motor, ``y`` first.
     """
     return _plan(
-        "rel_ptycho_scan" if relative else "ptycho_scan",
+        "ptycho_scan",
         detectors,
         x_motor,
         y_motor,

@@ -59,9 +59,7 @@ def test_layout_of_the_stored_data(siemens_star):
     # zero frequency at the corner as stored (within a few pixels, wrapping around)
     assert all(min(p, 128 - p) < 20 for p in peak)
     # the supplied probe's normalisation differs from the unitary-FFT convention by ~94
-    factor = np.sqrt(
-        star["data"][0].sum(axis=(1, 2)).mean() / np.sum(np.abs(star["probe"]) ** 2)
-    )
+    factor = np.sqrt(star["data"][0].sum(axis=(1, 2)).mean() / np.sum(np.abs(star["probe"]) ** 2))
     assert 90 < factor < 98
 
 

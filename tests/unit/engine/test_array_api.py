@@ -28,9 +28,7 @@ class _Speckle:
         n, size = 32, 80
         yy, xx = np.mgrid[:n, :n] - n // 2
         envelope = np.exp(-(yy**2 + xx**2) / (2 * 7.0**2))
-        self.probe = (40 * envelope * np.exp(2j * np.pi * rng.random((n, n)))).astype(
-            np.complex64
-        )
+        self.probe = (40 * envelope * np.exp(2j * np.pi * rng.random((n, n)))).astype(np.complex64)
         oy, ox = np.mgrid[:size, :size]
         self.object = np.exp(0.4j * np.sin(ox / 4.0) * np.cos(oy / 6.0)).astype(np.complex64)
         grid = np.arange(2, size - n - 1, 5)

@@ -11,9 +11,11 @@ from bluesky_ptycho.engine.epie import default_probe, scale_probe
 from bluesky_ptycho.metrics import illuminated_region, object_error
 
 # Measured on the small preset (64 px, 9 x 9 raster, 1e6 photons per pattern) from the study's
-# starting values (object of ones, Gaussian probe with flat phase): 0.26 after 10 passes,
-# 0.11 after 30, 0.066 after 50. The bound leaves room for platform rounding only.
-OBJECT_ERROR_50_PASSES = 0.10
+# starting values (object of ones, Gaussian probe with flat phase), after 50 passes: 0.026 to
+# 0.047 for shuffling seeds 0..7 (0.03 for seed 0, used here); the unreconstructed start is 0.27.
+# Like any ePIE from a Gaussian probe it lingers on a plateau near 0.25 for a seed-dependent
+# number of passes (20 to 40 here) before it finds the probe.
+OBJECT_ERROR_50_PASSES = 0.06
 
 
 def _region(ds):
@@ -152,18 +154,23 @@ def test_mask_keeps_bad_pixels_out_of_the_modulus_constraint(small_dataset):
     corrupted = ds.intensities.copy()
     corrupted[:, mask] = 1e7  # hot pixels: would wreck the reconstruction if used
     region = _region(ds)
+    # start from a perturbed true probe, so the comparison is about the mask, not about how
+    # long ePIE lingers on its plateau from a Gaussian probe
+    n_probe = ds.probe.shape[0]
+    yy, xx = np.mgrid[:n_probe, :n_probe] / n_probe
+    start = (0.8 * ds.probe * np.exp(0.5j * (yy - xx))).astype(np.complex64)
 
-    masked = _engine(ds)
-    masked.add(corrupted, ds.positions_px, mask=mask)
-    masked.iterate(50)
-    err_masked = object_error(masked.state().object, ds.object, region=region)
+    def run(data, mask_or_none):
+        engine = EPIE(ds.object.shape, probe=start, options=EPIEOptions(seed=0))
+        engine.add(data, ds.positions_px, mask=mask_or_none)
+        engine.iterate(30)
+        return object_error(engine.state().object, ds.object, region=region)
 
-    unmasked = _engine(ds)
-    unmasked.add(corrupted, ds.positions_px)
-    unmasked.iterate(50)
-    err_unmasked = object_error(unmasked.state().object, ds.object, region=region)
-    assert err_masked < OBJECT_ERROR_50_PASSES
-    assert err_unmasked > 2 * err_masked
+    err_clean = run(ds.intensities, None)
+    err_masked = run(corrupted, mask)
+    err_unmasked = run(corrupted, None)
+    assert err_masked < 1.5 * err_clean + 0.01
+    assert err_unmasked > 3 * err_masked
 
 
 def test_per_frame_masks_are_accepted(small_dataset):

@@ -40,5 +40,11 @@ def test_subpixel_shift_moves_the_probe():
     probe[8, 8] = 1
     moved = shift_probe(probe, (1.0, -2.0))
     assert np.unravel_index(np.abs(moved).argmax(), moved.shape) == (9, 6)
-    half = np.abs(exit_waves(np.ones((20, 20), np.complex64), probe, [[0.5, 0]], subpixel=True))
-    assert half[0, 8, 8] == pytest.approx(half[0, 9, 8], rel=1e-4)  # split between two rows
+    yy, xx = np.mgrid[:16, :16]
+    smooth = np.exp(-((yy - 8.0) ** 2 + (xx - 8.0) ** 2) / 8.0).astype(np.complex64)
+    waves = exit_waves(np.ones((20, 20), np.complex64), smooth, [[0.5, 0.25]], subpixel=True)
+    weight = np.abs(waves[0]) ** 2
+    centroid = (np.sum(weight * yy) / weight.sum(), np.sum(weight * xx) / weight.sum())
+    # 0.5 rounds up to corner row 1, so the probe moves by -0.5 within that patch: the beam
+    # centre lands at object row 1 + 7.5 = 8.5, column 0 + 8.25
+    assert centroid == pytest.approx((7.5, 8.25), abs=1e-3)

@@ -37,7 +37,7 @@ def test_quantisation_error_is_far_below_poisson_noise():
             # rounding to the nearest code: half a code step (max / 65534), plus float32 slack
             assert error.max() <= 0.51 * np.sqrt(frames[k].max()) / 65534 + 1e-6
             # Poisson noise of sqrt(I) is about 0.5 whatever I: far above this error
-            assert error.max() < 0.05
+            assert error.max() < 0.5
 
 
 def test_masked_pixels_are_marked_and_excluded_from_the_counts():
