@@ -56,6 +56,7 @@ from bluesky_ptycho.simulate import (
 
 __all__ = [
     "DATA_PATH",
+    "MICROMETRE",
     "DetectorLayout",
     "JitteryAxis",
     "PtychoDetector",

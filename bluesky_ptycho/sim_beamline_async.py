@@ -109,7 +109,9 @@ class JitteryAsyncAxis(StandardReadable, StandardMovable[float]):
     seed : int, SeedSequence or None, optional
         Seed of the jitter sequence.
     initial_value : float, optional
-        Initial setpoint and readback (default 0, no jitter).
+        Initial setpoint (default 0); the readback starts jittered around it, as
+        :class:`~bluesky_ptycho.sim_beamline.JitteryAxis` does, so both kinds of axis give the
+        same readbacks for the same seed and moves.
     units : str, optional
         Engineering units (default ``"um"``).
     """
@@ -130,7 +132,7 @@ class JitteryAsyncAxis(StandardReadable, StandardMovable[float]):
         self._rng = np.random.default_rng(seed)
         with self.add_children_as_readables(Format.HINTED_SIGNAL):
             self.user_readback, self._set_readback = soft_signal_r_and_setter(
-                float, float(initial_value), units=units, precision=5
+                float, self._jittered(float(initial_value)), units=units, precision=5
             )
         self.user_setpoint = soft_signal_rw(float, float(initial_value), units=units, precision=5)
         super().__init__(name=name)

@@ -423,6 +423,13 @@ def _scan_setup(
 
 
 def _fill_setup(setup: ScanSetup | Mapping[str, Any], filled: dict[str, Any]) -> ScanSetup:
+    try:
+        return _build_setup(setup, filled)
+    except TypeError as exc:  # a wrongly typed value deep inside ScanSetup's checks
+        raise ValueError(f"setup is malformed: {exc}") from None
+
+
+def _build_setup(setup: ScanSetup | Mapping[str, Any], filled: dict[str, Any]) -> ScanSetup:
     if isinstance(setup, ScanSetup):
         return replace(setup, **filled)
     if not isinstance(setup, Mapping):

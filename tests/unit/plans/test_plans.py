@@ -568,6 +568,7 @@ BAD: list[tuple[dict[str, Any], str]] = [
         "detector_distance_m",
     ),
     ({"pattern": "raster", "n_side": 3, "setup": _setup(position_scale_m=0)}, "position_scale"),
+    ({"pattern": "raster", "n_side": 3, "setup": _setup(beam_center_px=5)}, "setup"),
     ({"pattern": "raster", "n_side": 3, "md": {"ptycho": {"crop": 3}}}, "crop"),
     ({"pattern": "raster", "n_side": 3, "md": {"ptycho": "x"}}, "ptycho"),
     ({"pattern": "raster", "n_side": 3, "md": ["x"]}, "md"),

@@ -1,0 +1,300 @@
+"""PtychoCallback on documents built with event_model.compose_run (no RunEngine needed)."""
+
+from __future__ import annotations
+
+import uuid
+
+import event_model
+import h5py
+import numpy as np
+import pytest
+
+from bluesky_ptycho.callback import PtychoCallback
+from bluesky_ptycho.io.result import read_result
+from bluesky_ptycho.live import LiveOptions
+from bluesky_ptycho.setup import ScanSetup
+
+DET, SY, SX = "det_image", "sy", "sx"
+FAST = LiveOptions(final_passes=2)
+
+
+@pytest.fixture(scope="module")
+def setup(small_dataset) -> ScanSetup:
+    g = small_dataset.geometry
+    return ScanSetup(
+        energy_eV=g.energy_eV,
+        detector_distance_m=g.detector_distance_m,
+        detector_pixel_m=g.detector_pixel_m,
+        crop=small_dataset.intensities.shape[-1],
+        detector_key=DET,
+        position_keys=(SY, SX),
+        position_scale_m=1e-6,
+        nominal_positions_m=small_dataset.nominal_positions_m,
+        pattern="raster",
+        margin_px=small_dataset.preset.margin_px,
+    )
+
+
+def _data_keys(shape=(64, 64), external: str | None = None) -> dict:
+    det = {"source": "sim", "dtype": "array", "shape": list(shape)}
+    if external:
+        det["external"] = external
+    return {
+        DET: det,
+        SY: {"source": "sim", "dtype": "number", "shape": []},
+        SX: {"source": "sim", "dtype": "number", "shape": []},
+    }
+
+
+class _Run:
+    """A run's documents, fed to the callback as they are composed."""
+
+    def __init__(self, cb, md=None, data_keys=None):
+        self.cb = cb
+        self.run = event_model.compose_run(metadata=md or {})
+        cb("start", self.run.start_doc)
+        self.desc = self.run.compose_descriptor(name="primary", data_keys=data_keys or _data_keys())
+        cb("descriptor", self.desc.descriptor_doc)
+        self.seq = 0
+
+    def event(self, frame, y_um, x_um, *, filled=None, extra=None, send=True):
+        self.seq += 1
+        data = {DET: frame, SY: y_um, SX: x_um}
+        if extra is not None:
+            data.update(extra)
+        absent = [k for k, v in data.items() if v is None]
+        external = [k for k in absent if "external" in self.desc.descriptor_doc["data_keys"][k]]
+        data = {k: v for k, v in data.items() if k not in external}
+        doc = self.desc.compose_event(
+            data={k: (0.0 if v is None else v) for k, v in data.items()},
+            timestamps={k: 0.0 for k in data},
+            seq_num=self.seq,
+            filled=filled or {},
+        )
+        for k in absent:  # a malformed event: the key is missing altogether
+            doc["data"].pop(k, None)
+            doc["timestamps"].pop(k, None)
+        if send:
+            self.cb("event", doc)
+        return doc
+
+    def stop(self, exit_status="success"):
+        self.cb("stop", self.run.compose_stop(exit_status=exit_status))
+
+
+def _um(ds, k):
+    return ds.positions_m[k] / 1e-6
+
+
+def _feed(run, ds, indices):
+    for k in indices:
+        y, x = _um(ds, k)
+        run.event(ds.intensities[k], y, x)
+
+
+def test_configures_itself_from_the_start_document(small_dataset, setup):
+    ds = small_dataset
+    cb = PtychoCallback(options=FAST)
+    run = _Run(cb, md={"ptycho": setup.to_start_doc()})
+    _feed(run, ds, range(len(ds.intensities)))
+    run.stop()
+    state = cb.result(timeout=60)
+    assert state.n_patterns == len(ds.intensities)
+    # measured encoder positions map onto the simulation's object frame
+    np.testing.assert_allclose(state.positions_px, ds.positions_px, atol=1e-6)
+    assert state.object.shape == ds.object.shape
+    assert state.iteration >= 2
+    st = cb.status
+    assert st.frames_used == st.frames_received == len(ds.intensities)
+    assert st.rejected == 0 and st.documents["event"] == len(ds.intensities)
+
+
+def test_user_setup_is_the_fallback_for_any_plan(small_dataset, setup):
+    ds = small_dataset
+    cb = PtychoCallback(setup, options=FAST)
+    run = _Run(cb)  # no start["ptycho"]
+    _feed(run, ds, range(10))
+    run.stop()
+    assert cb.result(timeout=60).n_patterns == 10
+
+
+def test_run_without_any_setup_is_ignored_and_says_why(small_dataset):
+    ds = small_dataset
+    cb = PtychoCallback(options=FAST)
+    run = _Run(cb)
+    _feed(run, ds, range(3))
+    run.stop()
+    st = cb.status
+    assert st.runs == 0
+    assert st.rejected == 1  # the start; its events are not counted again
+    assert "no ScanSetup" in st.reasons[0] and run.run.start_doc["uid"] in st.reasons[0]
+    with pytest.raises(RuntimeError):
+        cb.result(timeout=1)
+
+
+def test_event_page_gives_the_same_frames_and_positions(small_dataset, setup):
+    ds = small_dataset
+    states = []
+    for paged in (False, True):
+        cb = PtychoCallback(options=LiveOptions(final_passes=0))
+        run = _Run(cb, md={"ptycho": setup.to_start_doc()})
+        docs = []
+        for k in range(12):
+            y, x = _um(ds, k)
+            docs.append(run.event(ds.intensities[k], y, x, send=not paged))
+        if paged:
+            cb("event_page", event_model.pack_event_page(*docs))
+        run.stop()
+        states.append(cb.result(timeout=60))
+        assert cb.status.frames_used == 12
+    np.testing.assert_array_equal(states[0].positions_px, states[1].positions_px)
+
+
+def test_bad_documents_are_reported_and_skipped_all_good_frames_used(small_dataset, setup):
+    ds = small_dataset
+    cb = PtychoCallback(options=FAST)
+    run = _Run(cb, md={"ptycho": setup.to_start_doc()})
+    good = 0
+    _feed(run, ds, range(5))
+    good += 5
+    y, x = _um(ds, 5)
+    run.event(ds.intensities[5], None, x)  # missing position key
+    run.event(ds.intensities[5][:32, :32], y, x)  # wrong frame shape
+    nan_frame = ds.intensities[5].copy()
+    nan_frame[3, 3] = np.nan
+    run.event(nan_frame, y, x)  # NaN frame
+    run.event(ds.intensities[5], 1e3, x)  # far outside the object frame
+    # an event for a descriptor nobody announced
+    stray = dict(run.event(ds.intensities[5], y, x, send=False))
+    stray["descriptor"] = str(uuid.uuid4())
+    cb("event", stray)
+    # a datum for an unknown resource
+    cb("datum", {"datum_id": "nope/0", "resource": "nope", "datum_kwargs": {}})
+    cb("not_a_document", {})  # unknown document name
+    cb("event", "not even a dict")
+    _feed(run, ds, range(6, 20))
+    good += 14
+    run.stop()
+    state = cb.result(timeout=60)
+    st = cb.status
+    assert state.n_patterns == good
+    assert st.frames_used == good
+    reasons = "\n".join(st.reasons)
+    for text in (
+        "position key(s) ['sy'] missing",
+        "frame shape (32, 32) differs",
+        "NaN or infinite",
+        "outside the object frame",
+        "unknown descriptor",
+        "unknown resource 'nope'",
+    ):
+        assert text in reasons, text
+    assert st.rejected >= 8
+    # each rejection says where: document name, uid and seq_num
+    assert any("seq_num 7" in r and "frame shape" in r for r in st.reasons)
+
+
+def test_resource_datum_frames_and_missing_files(small_dataset, setup, tmp_path):
+    ds = small_dataset
+    path = tmp_path / "frames.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("/entry/data/data", data=ds.intensities[:6])
+    cb = PtychoCallback(options=FAST)
+    run = _Run(cb, md={"ptycho": setup.to_start_doc()}, data_keys=_data_keys(external="FILESTORE:"))
+    res = run.run.compose_resource(
+        spec="AD_HDF5",
+        root=str(tmp_path),
+        resource_path="frames.h5",
+        resource_kwargs={"frame_per_point": 1},
+    )
+    cb("resource", res.resource_doc)
+    missing = run.run.compose_resource(
+        spec="AD_HDF5",
+        root=str(tmp_path),
+        resource_path="gone.h5",
+        resource_kwargs={"frame_per_point": 1},
+    )
+    cb("resource", missing.resource_doc)
+    for k in range(6):
+        datum = res.compose_datum(datum_kwargs={"point_number": k})
+        cb("datum", datum)
+        y, x = _um(ds, k)
+        run.event(datum["datum_id"], y, x, filled={DET: False})
+    lost = missing.compose_datum(datum_kwargs={"point_number": 0})
+    cb("datum", lost)
+    run.event(lost["datum_id"], *_um(ds, 6), filled={DET: False})
+    run.stop()
+    state = cb.result(timeout=60)
+    assert state.n_patterns == 6
+    assert any("gone.h5" in r and "not found" in r for r in cb.status.reasons)
+
+
+def test_stream_resource_and_stream_datum(small_dataset, setup, tmp_path):
+    ds = small_dataset
+    path = tmp_path / "stream.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("/entry/data/data", data=ds.intensities[:8][:, None])  # (n, 1, N, N)
+    cb = PtychoCallback(options=LiveOptions(final_passes=0))
+    run = _Run(
+        cb,
+        md={"ptycho": setup.to_start_doc()},
+        data_keys=_data_keys(shape=(1, 64, 64), external="STREAM:"),
+    )
+    start_uid = run.run.start_doc["uid"]
+    sres = {
+        "uid": str(uuid.uuid4()),
+        "run_start": start_uid,
+        "data_key": DET,
+        "mimetype": "application/x-hdf5",
+        "uri": f"file://localhost{path}",
+        "parameters": {"dataset": "/entry/data/data", "chunk_shape": [1, 1, 64, 64]},
+    }
+    cb("stream_resource", sres)
+    for k in range(8):
+        cb(
+            "stream_datum",
+            {
+                "uid": f"{sres['uid']}/{k}",
+                "stream_resource": sres["uid"],
+                "descriptor": run.desc.descriptor_doc["uid"],
+                "indices": {"start": k, "stop": k + 1},
+                "seq_nums": {"start": k + 1, "stop": k + 2},
+            },
+        )
+        y, x = _um(ds, k)
+        run.event(None, y, x)  # ophyd-async events carry only the motors
+    run.event(None, *_um(ds, 9))  # no stream_datum for this one
+    run.stop()
+    state = cb.result(timeout=60)
+    assert state.n_patterns == 8
+    np.testing.assert_allclose(state.positions_px, ds.positions_px[:8], atol=1e-6)
+    assert any("no stream_datum covers seq_num 9" in r for r in cb.status.reasons)
+
+
+def test_aborted_run_keeps_what_it_has_and_says_so(small_dataset, setup, tmp_path):
+    ds = small_dataset
+    cb = PtychoCallback(options=FAST, output_dir=tmp_path)
+    run = _Run(cb, md={"ptycho": setup.to_start_doc()})
+    _feed(run, ds, range(15))
+    run.stop(exit_status="abort")
+    state = cb.result(timeout=60)
+    assert state.n_patterns == 15
+    assert "abort" in cb.status.message and "kept" in cb.status.message
+    saved = read_result(cb.result_path)
+    assert saved.metadata["exit_status"] == "abort"
+    assert saved.metadata["frames_used"] == 15
+    np.testing.assert_array_equal(saved.state.object, state.object)
+
+
+def test_new_start_before_stop_finishes_the_old_run(small_dataset, setup):
+    ds = small_dataset
+    cb = PtychoCallback(options=FAST)
+    first = _Run(cb, md={"ptycho": setup.to_start_doc()})
+    _feed(first, ds, range(7))
+    old_live = cb.live
+    second = _Run(cb, md={"ptycho": setup.to_start_doc()})
+    _feed(second, ds, range(4))
+    second.stop()
+    assert cb.result(timeout=60).n_patterns == 4
+    assert old_live.wait(timeout=60).n_patterns == 7
+    assert cb.status.runs == 2
