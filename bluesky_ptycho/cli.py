@@ -1,7 +1,9 @@
-"""The ``bluesky-ptycho`` command: demo, bench and friends.
+"""The ``bluesky-ptycho`` command: demo, serve and friends.
 
-``bluesky-ptycho demo`` simulates a small ptychography dataset, reconstructs it with a progress
-bar, writes the result (HDF5) and a figure (PNG), and prints the error against the truth.
+``bluesky-ptycho demo`` runs a real Bluesky ``RunEngine`` spirangle scan of the simulated
+beamline while ``PtychoCallback`` reconstructs live: a progress bar, PNG snapshots at 25, 50, 75
+and 100 % of the scan, the result in HDF5 and the error against the ground truth.
+``bluesky-ptycho demo --offline`` reconstructs a simulated dataset without Bluesky.
 """
 
 from __future__ import annotations
@@ -74,6 +76,103 @@ def _demo_offline(args: argparse.Namespace) -> int:
     return 0 if np.isfinite(error) else 1
 
 
+def _demo_live(args: argparse.Namespace) -> int:
+    import bluesky.plan_stubs as bps
+    import numpy as np
+    from bluesky import RunEngine
+    from tqdm import tqdm
+
+    from bluesky_ptycho.callback import PtychoCallback
+    from bluesky_ptycho.display import LivePlot, result_figure, save_figure
+    from bluesky_ptycho.live import LiveOptions
+    from bluesky_ptycho.metrics import illuminated_region, object_error
+    from bluesky_ptycho.plans import spirangle_ptycho
+    from bluesky_ptycho.sim_beamline import make_beamline
+
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    RE = RunEngine({})
+    beamline = make_beamline(mode="inline", seed=args.seed)
+    preset = beamline.specimen.preset
+    setup = beamline.setup()
+    total = preset.n_rows * preset.n_rows
+    print(
+        f"simulated beamline: {preset.shape} px detector, {preset.n_rows} x {preset.n_rows} "
+        f"spirangle ({total} points, {preset.step_m * 1e9:.0f} nm step), "
+        f"{args.dwell * 1e3:.0f} ms per point"
+    )
+    plot = LivePlot(min_interval_s=0.5, pixel_size_m=setup.geometry().pixel_size_m)
+    marks = {int(np.ceil(total * f / 100)): f for f in (25, 50, 75, 100)}
+    written: list[Path] = []
+    bar = tqdm(total=total, unit="frame", disable=args.quiet, desc="scan")
+
+    def observe(snapshot) -> None:
+        bar.n = snapshot.patterns_received
+        err = snapshot.state.fourier_error
+        bar.set_postfix(
+            in_use=snapshot.patterns_in_use,
+            updates=snapshot.state.pattern_updates,
+            fourier_error=f"{err[-1]:.4f}" if err.size else "-",
+            refresh=False,
+        )
+        bar.refresh()
+        due = [k for k in marks if snapshot.patterns_in_use >= k]
+        plot.update(snapshot.state, force=bool(due))
+        for k in sorted(due):
+            path = out / f"live-{marks.pop(k):03d}pct.png"
+            written.append(plot.save_png(path))
+
+    cb = PtychoCallback(
+        options=LiveOptions(final_passes=args.passes), output_dir=out, observers=[observe]
+    )
+
+    def dwell(detectors, step, pos_cache):
+        yield from bps.one_nd_step(detectors, step, pos_cache)
+        yield from bps.sleep(args.dwell)
+
+    t0 = time.perf_counter()
+    RE.subscribe(cb)
+    RE(
+        spirangle_ptycho(
+            [beamline.detector],
+            beamline.x_motor,
+            beamline.y_motor,
+            setup=setup,
+            n_side=preset.n_rows,
+            step=preset.step_m / beamline.position_scale_m,
+            per_step=dwell,
+        )
+    )
+    scan_time = time.perf_counter() - t0
+    state = cb.result(timeout=600)
+    bar.n = total
+    bar.close()
+    spec = beamline.specimen
+    region = illuminated_region(spec.probe, state.positions_px, spec.object.shape, threshold=0.3)
+    error = object_error(state.object, spec.object, region=region)
+    final = save_figure(
+        result_figure(
+            state,
+            pixel_size_m=setup.geometry().pixel_size_m,
+            title=f"live ePIE: {state.n_patterns} frames, object error {error:.3f}",
+            truth=spec.object,
+        ),
+        out / "live-final.png",
+    )
+    print(
+        f"scan {scan_time:.1f} s; reconstruction {state.pattern_updates} updates, "
+        f"{state.iteration} final passes; rejected {cb.status.rejected}"
+    )
+    print(f"Fourier error {state.fourier_error[-1]:.4f}; object error vs truth {error:.4f}")
+    print("snapshots: " + ", ".join(str(p) for p in written))
+    print(f"figure: {final}\nresult: {cb.result_path}")
+    return 0 if np.isfinite(error) else 1
+
+
+def _demo(args: argparse.Namespace) -> int:
+    return _demo_offline(args) if args.offline else _demo_live(args)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bluesky-ptycho", description="Live ptychography for Bluesky beamlines."
@@ -81,10 +180,12 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="simulate a scan and reconstruct it")
     demo.add_argument("--output", default="demo-output", help="folder for HDF5 and PNG files")
-    demo.add_argument("--passes", type=int, default=60, help="ePIE passes")
+    demo.add_argument("--passes", type=int, default=60, help="(final) ePIE passes")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--dwell", type=float, default=0.05, help="seconds per scan point")
+    demo.add_argument("--offline", action="store_true", help="no RunEngine: engine only")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
-    demo.set_defaults(func=_demo_offline)
+    demo.set_defaults(func=_demo)
     return parser
 
 

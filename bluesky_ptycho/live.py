@@ -66,6 +66,11 @@ class PacingPolicy:
         Passes' worth of updates per batch of new data (``"batch"`` only); 0 ingests only.
     max_updates_per_pattern : int
         The cap of ``"capped"``.
+    min_patterns : int
+        Iterate only once this many patterns are held (default 2). Updating a lone first
+        pattern (no overlap yet) lets probe and object fit it exactly and leaves ePIE on a
+        plateau for a hundred passes or more on the small preset; waiting for a second
+        pattern avoids it under every policy.
     chunk_updates : int
         Updates per worker step; between steps the worker ingests new data, applies pause, stop
         and steering requests, checks for divergence and publishes.
@@ -79,6 +84,7 @@ class PacingPolicy:
     passes_per_batch: float = 1.0
     max_updates_per_pattern: int = 20
     chunk_updates: int = 64
+    min_patterns: int = 2
 
     def __post_init__(self) -> None:
         if self.mode not in PACING_MODES:
@@ -91,6 +97,8 @@ class PacingPolicy:
             )
         if int(self.chunk_updates) < 1:
             raise ValueError(f"chunk_updates must be >= 1, got {self.chunk_updates!r}")
+        if int(self.min_patterns) < 1:
+            raise ValueError(f"min_patterns must be >= 1, got {self.min_patterns!r}")
 
 
 @dataclass(frozen=True)
@@ -383,15 +391,18 @@ class LiveReconstruction:
         Frames submitted before are used. Raises ``RuntimeError`` once the run has ended.
         """
         with self._cond:
-            if self._thread is not None:
-                return
             if self._done.is_set():
                 raise RuntimeError(f"{self._name}: the reconstruction has ended ({self._phase})")
-            self._phase = "paused" if self._pause_requested else "waiting"
-            self._thread = threading.Thread(
-                target=self._worker_main, name=f"{self._name}-worker", daemon=True
-            )
-            self._thread.start()
+            self._start_locked()
+
+    def _start_locked(self) -> None:
+        if self._thread is not None:
+            return
+        self._phase = "paused" if self._pause_requested else "waiting"
+        self._thread = threading.Thread(
+            target=self._worker_main, name=f"{self._name}-worker", daemon=True
+        )
+        self._thread.start()
 
     def submit(self, frames: Any, positions_px: Any, mask: Any = None) -> int:
         """Hand frames to the reconstruction; returns at once (copies, never waits or drops).
@@ -528,7 +539,7 @@ class LiveReconstruction:
             self._finish_passes = int(passes)
             self._wake = True
             self._cond.notify_all()
-        self.start()
+            self._start_locked()
 
     def stop(self) -> None:
         """Abort soon: keep the state, publish once (phase ``"stopped"``), end the worker."""
@@ -817,7 +828,7 @@ class LiveReconstruction:
     def _idle(self, phase: str, fault: str | None = None) -> None:
         """Publish pending changes when due and sleep until woken (or a publish falls due)."""
         self._set_phase(phase, fault)
-        self._maybe_publish(fault or "")
+        self._maybe_publish(fault or "", fresh=True)
         with self._cond:
             while not self._wake:
                 timeout = _IDLE_WAKEUP_S
@@ -831,10 +842,9 @@ class LiveReconstruction:
     # ------------------------------------------------------------------ pacing
     def _paced_chunk(self) -> float | None:
         """Run one chunk per the policy; the chunk's error (NaN if unknown), None if idle."""
-        n = self._engine.n_patterns
-        if n == 0:
-            return None
         pacing = self._pacing
+        if self._engine.n_patterns < max(1, int(pacing.min_patterns)):
+            return None
         chunk = int(pacing.chunk_updates)
         if pacing.mode == "free":
             return self._step(chunk)
@@ -908,7 +918,7 @@ class LiveReconstruction:
         self._dirty = True
         if loaded:
             self._good = st
-        self._maybe_publish("")
+        self._maybe_publish("", fresh=False)
         return True
 
     def _roll_back(self, problem: str) -> None:
@@ -934,7 +944,7 @@ class LiveReconstruction:
             self._messages.append(reason)
         self._publish(reason, fresh=False)
 
-    def _maybe_publish(self, message: str) -> None:
+    def _maybe_publish(self, message: str, *, fresh: bool) -> None:
         if not self._dirty:
             return
         now = time.monotonic()
@@ -942,7 +952,7 @@ class LiveReconstruction:
         if self._every > 0 and self._updates_since_publish >= self._every:
             due = True
         if due:
-            self._publish(message, fresh=True)
+            self._publish(message, fresh=fresh)
 
     def _publish(self, message: str, *, fresh: bool) -> None:
         """Take a snapshot and hand it to the observers (on this, the worker, thread)."""
