@@ -23,10 +23,10 @@ import time
 import event_model
 import numpy as np
 from bluesky import RunEngine
+from bluesky_ptycho.plans import spirangle_ptycho
 
 from bluesky_ptycho.callback import PtychoCallback
 from bluesky_ptycho.live import LiveOptions
-from bluesky_ptycho.plans import spirangle_ptycho
 from bluesky_ptycho.sim_beamline import make_beamline
 from bluesky_ptycho.simulate import study_offline_preset
 

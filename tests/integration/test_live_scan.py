@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from bluesky import RunEngine
+from bluesky_ptycho.plans import spirangle_ptycho
 from event_model import pack_event_page
 
 from bluesky_ptycho.callback import PtychoCallback
 from bluesky_ptycho.live import LiveOptions
 from bluesky_ptycho.metrics import illuminated_region, object_error
-from bluesky_ptycho.plans import spirangle_ptycho
 from bluesky_ptycho.sim_beamline import make_beamline
 from bluesky_ptycho.sim_beamline_async import make_async_beamline
 from bluesky_ptycho.simulate import small_preset
