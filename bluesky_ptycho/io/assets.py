@@ -9,6 +9,7 @@ handlers themselves (``add_*``, ``locate_*``) only store and look up small dicts
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,10 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 
 __all__ = ["AssetError", "AssetRegistry", "DatumLocator", "StreamLocator", "default_handlers"]
+
+
+_FLUSH_RETRIES = 20
+_FLUSH_WAIT_S = 0.05
 
 
 class AssetError(ValueError):
@@ -206,6 +211,21 @@ def _path_from_uri(uri: str) -> str:
     return unquote(parsed.path) if parsed.scheme else uri
 
 
+def _open_for_reading(h5py: Any, path: str) -> Any:
+    """Open an HDF5 file that a writer may still hold open (in this process or another).
+
+    SWMR first (ophyd-async writers use it); HDF5 refuses a second open of a file already open
+    in this process with different locking flags, so plain and lock-free opens are tried next.
+    """
+    errors = []
+    for kwargs in ({"swmr": True}, {}, {"swmr": True, "locking": False}, {"locking": False}):
+        try:
+            return h5py.File(path, "r", **kwargs)
+        except (OSError, ValueError, TypeError) as exc:
+            errors.append(str(exc))
+    raise AssetError(f"cannot open {path!r}: {errors[-1]}")
+
+
 def _read_stream(loc: StreamLocator) -> np.ndarray:
     if loc.mimetype not in ("application/x-hdf5", "application/x-hdf5; swmr"):
         raise AssetError(f"unsupported stream_resource mimetype {loc.mimetype!r}")
@@ -214,16 +234,17 @@ def _read_stream(loc: StreamLocator) -> np.ndarray:
     import h5py
 
     try:
-        try:
-            f = h5py.File(loc.path, "r", swmr=True, locking=False)
-        except (OSError, ValueError):
-            f = h5py.File(loc.path, "r", locking=False)
+        f = _open_for_reading(h5py, loc.path)
         with f:
             if loc.dataset not in f:
                 raise AssetError(f"dataset {loc.dataset!r} not in {loc.path!r}")
             ds = f[loc.dataset]
-            if loc.index >= ds.shape[0]:
-                ds.refresh() if hasattr(ds, "refresh") and f.swmr_mode else None
+            for _ in range(_FLUSH_RETRIES):  # the writer may not have flushed the frame yet
+                if loc.index < ds.shape[0]:
+                    break
+                time.sleep(_FLUSH_WAIT_S)
+                if f.swmr_mode:
+                    ds.refresh()
             if loc.index >= ds.shape[0]:
                 raise AssetError(
                     f"frame {loc.index} not yet in {loc.path}:{loc.dataset} (it has {ds.shape[0]})"
