@@ -115,6 +115,10 @@ class PtychoCallback(event_model.DocumentRouter):
     on_frame : callable, optional
         ``on_frame(index, intensities, mask, positions_px)`` for every frame handed to the
         reconstruction, after preprocessing (background thread): for saving or showing frames.
+    probe : array, optional
+        Initial probe for every run (e.g. from an earlier scan); otherwise the start document's
+        ``probe_init`` (the path of a bluesky-ptycho result file), otherwise the engine's
+        default Gaussian.
     """
 
     def __init__(
@@ -127,8 +131,10 @@ class PtychoCallback(event_model.DocumentRouter):
         observers: Sequence[Callable[[Snapshot], None]] = (),
         final_passes: int | None = None,
         on_frame: Callable[[int, np.ndarray, np.ndarray | None, np.ndarray], None] | None = None,
+        probe: Any = None,
     ) -> None:
         super().__init__()
+        self.probe = None if probe is None else np.asarray(probe, dtype=np.complex64)
         self.on_frame = on_frame
         if setup is not None and not isinstance(setup, ScanSetup):
             raise TypeError(f"setup must be a ScanSetup, got {type(setup).__name__}")
@@ -258,13 +264,20 @@ class PtychoCallback(event_model.DocumentRouter):
             return
         frame = setup.object_frame()
         size = setup.frame_size
-        live = LiveReconstruction(
-            frame.object_shape,
-            (size, size),
-            expected_patterns=setup.expected_points,
-            options=self.options,
-            name=f"ptycho-{uid[:8]}",
-        )
+        try:
+            probe = self._initial_probe(setup)
+            live = LiveReconstruction(
+                frame.object_shape,
+                (size, size),
+                expected_patterns=setup.expected_points,
+                probe=probe,
+                options=self.options,
+                name=f"ptycho-{uid[:8]}",
+            )
+        except (ValueError, OSError) as exc:
+            self._ignored.add(uid)
+            self._reject("start", doc, f"run ignored: {exc}")
+            return
         for fn in self._observers:
             live.add_observer(fn)
         run = _Run(uid=uid, setup=setup, live=live, start_doc=doc, object_frame=frame)
@@ -272,6 +285,19 @@ class PtychoCallback(event_model.DocumentRouter):
             self._run = run
             self._runs += 1
         live.start()
+
+    def _initial_probe(self, setup: ScanSetup) -> np.ndarray | None:
+        if self.probe is not None:
+            return self.probe
+        if isinstance(setup.probe_init, str) and setup.probe_init:
+            from bluesky_ptycho.io.result import read_result
+
+            return read_result(setup.probe_init).state.probe
+        if setup.probe_init is not None:
+            raise ValueError(
+                f"probe_init must be the path of a result file, got {setup.probe_init!r}"
+            )
+        return None
 
     def descriptor(self, doc: dict) -> None:
         if doc.get("run_start") in self._ignored:

@@ -42,6 +42,11 @@ def _wait_for(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> bool:
     return bool(predicate())
 
 
+def _latest_has(live: LiveReconstruction, predicate: Callable[[Snapshot], bool]) -> bool:
+    snap = live.latest()
+    return snap is not None and predicate(snap)
+
+
 def _region(ds):
     return illuminated_region(ds.probe, ds.positions_px, ds.object.shape, threshold=0.3)
 
@@ -216,7 +221,7 @@ def test_capped_policy_never_exceeds_the_cap_before_finish(small_dataset, make_l
         assert snap.phase not in ("finishing", "finished")
         assert snap.state.updates_per_pattern.max(initial=0) <= cap
     # the least-updated-first choice spreads the updates: every pattern reached the cap
-    assert _wait_for(lambda: live.latest().state.updates_per_pattern.min() == cap)
+    assert _wait_for(lambda: _latest_has(live, lambda s: s.state.updates_per_pattern.min() == cap))
 
     live.finish(final_passes=3)
     state = live.wait(TIMEOUT)
@@ -264,14 +269,21 @@ def test_free_mode_keeps_iterating_without_new_data(small_dataset, make_live):
 
 def test_a_lone_first_pattern_is_not_iterated(small_dataset, make_live):
     ds = small_dataset
-    live = make_live(PacingPolicy(mode="free"))
+    live = make_live(PacingPolicy(mode="free"), publish_period_s=0.0)
     live.start()
     live.submit(ds.intensities[0], ds.positions_px[0])
-    assert _wait_for(lambda: live.status.patterns_in_use == 1)
-    time.sleep(0.1)
+    # the worker ingested it and decided there is nothing to do
+    assert _wait_for(
+        lambda: _latest_has(live, lambda s: s.patterns_in_use == 1 and s.phase == "waiting")
+    )
     assert live.status.pattern_updates == 0
     live.submit(ds.intensities[1], ds.positions_px[1])
     assert _wait_for(lambda: live.status.pattern_updates > 0)
+
+    alone = make_live(PacingPolicy(mode="free", min_patterns=1))
+    alone.submit(ds.intensities[0], ds.positions_px[0])
+    alone.start()
+    assert _wait_for(lambda: alone.status.pattern_updates > 0)
 
 
 # ---------------------------------------------------------------------- control
@@ -290,7 +302,7 @@ def test_pause_stops_updates_but_not_ingestion(small_dataset, make_live):
     assert live.status.pattern_updates == frozen
     live.submit(ds.intensities[60:], ds.positions_px[60:])
     assert _wait_for(lambda: live.status.patterns_in_use == ds.n_patterns)
-    assert _wait_for(lambda: live.latest().patterns_in_use == ds.n_patterns)
+    assert _wait_for(lambda: _latest_has(live, lambda s: s.patterns_in_use == ds.n_patterns))
     assert live.latest().phase == "paused"
     assert live.status.pattern_updates == frozen
     assert live.state().pattern_updates == frozen
@@ -574,7 +586,7 @@ def test_load_state_mid_run(small_dataset, make_live):
         pattern_updates=8100,
     )
     live.load_state(truth)
-    assert _wait_for(lambda: np.array_equal(live.latest().state.object, ds.object))
+    assert _wait_for(lambda: _latest_has(live, lambda s: np.array_equal(s.state.object, ds.object)))
     snap = live.latest()
     np.testing.assert_array_equal(snap.state.probe, ds.probe)
     assert snap.state.iteration == 100 and live.status.pattern_updates == 8100
