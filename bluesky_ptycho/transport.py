@@ -25,11 +25,12 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import IO, Any
 
 import msgpack
 import numpy as np
+import zmq
 from bluesky.callbacks.zmq import Publisher, RemoteDispatcher
 
 __all__ = [
@@ -110,7 +111,11 @@ def _unpack_array(payload: bytes) -> np.ndarray:
 
 
 def _default(obj: Any) -> Any:
-    """msgpack ``default`` hook: NumPy arrays and scalars, Python complex numbers."""
+    """msgpack ``default`` hook (packing with ``strict_types``, so subclasses land here too).
+
+    NumPy arrays and scalars (``np.float64`` included, though it subclasses ``float``), Python
+    complex numbers; tuples and other sequences become lists, mappings become dicts.
+    """
     if isinstance(obj, np.ndarray):
         if obj.dtype.hasobject:
             # values that are not plain memory cannot travel as bytes: send them as lists
@@ -122,6 +127,15 @@ def _default(obj: Any) -> Any:
         return msgpack.ExtType(_EXT_NPSCALAR, _pack_array(np.asarray(obj)))
     if isinstance(obj, complex):
         return msgpack.ExtType(_EXT_NPSCALAR, _pack_array(np.asarray(obj, dtype=np.complex128)))
+    if isinstance(obj, (list, tuple)):
+        return list(obj)
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    for base in (bool, int, float, str, bytes):  # e.g. IntEnum, str subclasses
+        if isinstance(obj, base):
+            return base(obj)
+    if isinstance(obj, (bytearray, memoryview)):
+        return bytes(obj)
     raise TypeError(f"cannot serialize object of type {type(obj).__name__}: {obj!r:.200}")
 
 
@@ -156,7 +170,7 @@ def serialize(doc: dict) -> bytes:
     TypeError
         If the document holds a value msgpack cannot encode (e.g. an arbitrary object).
     """
-    return msgpack.packb(doc, default=_default, use_bin_type=True, datetime=False)
+    return msgpack.packb(doc, default=_default, use_bin_type=True, strict_types=True)
 
 
 def deserialize(data: bytes) -> dict:
@@ -195,7 +209,7 @@ def deserialize(data: bytes) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-def make_publisher(address: str, prefix: bytes = b"") -> Publisher:
+def make_publisher(address: str, prefix: bytes = b"", *, linger: float = 2.0) -> Publisher:
     """A bluesky ``Publisher`` that encodes with :func:`serialize` (msgpack, not pickle).
 
     Parameters
@@ -204,13 +218,25 @@ def make_publisher(address: str, prefix: bytes = b"") -> Publisher:
         The proxy's *in* address, ``"host:port"`` (or ``"tcp://host:port"``).
     prefix : bytes, optional
         Tag distinguishing this publisher's messages; may not contain ``b" "``.
+    linger : float, optional
+        Seconds that closing (or garbage-collecting) the publisher may wait to deliver queued
+        messages. 0MQ's default is forever: with the proxy gone, ``close()`` would hang.
 
     Returns
     -------
     bluesky.callbacks.zmq.Publisher
         Call it as ``publisher(name, doc)``; ``publisher.close()`` releases its socket.
     """
-    return Publisher(address, prefix=prefix, serializer=serialize)
+    publisher = Publisher(address, prefix=prefix, serializer=serialize)
+    # bluesky gives no way to set socket options; its PUB socket is the private ``_socket``
+    sock = getattr(publisher, "_socket", None)
+    if isinstance(sock, zmq.Socket):
+        sock.setsockopt(zmq.LINGER, max(0, round(1000 * linger)))
+    else:  # pragma: no cover - bluesky changed its internals
+        logger.warning(
+            "cannot bound the Publisher's linger; close() may block if the proxy is gone"
+        )
+    return publisher
 
 
 def publish(RE: Any, address: str = "127.0.0.1:5577", *, prefix: bytes = b"") -> int:
@@ -365,7 +391,7 @@ class DocumentFeed:
         Raises
         ------
         RuntimeError
-            If the feed was started before, or the dispatcher failed to start.
+            If the feed was started (or stopped) before, or the dispatcher failed to start.
         TimeoutError
             If the dispatcher was not up within ``timeout``.
 
@@ -376,6 +402,8 @@ class DocumentFeed:
         """
         if self._thread is not None:
             raise RuntimeError("a DocumentFeed can be started only once; make a new one")
+        if self._stop_requested.is_set():
+            raise RuntimeError("this DocumentFeed was stopped before it started; make a new one")
         self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
         self._thread.start()
         deadline = time.monotonic() + timeout

@@ -21,6 +21,7 @@ import bluesky.plans as bp
 import msgpack
 import numpy as np
 import pytest
+import zmq
 from bluesky import RunEngine
 from bluesky.callbacks.zmq import Publisher
 from bluesky.run_engine import DocumentNames
@@ -170,17 +171,32 @@ def publishers() -> Iterator[Callable[..., Publisher]]:
     made: list[Publisher] = []
 
     def make(address: str, **kwargs: Any) -> Publisher:
-        pub = (
-            Publisher(address, **kwargs)
-            if "serializer" in kwargs
-            else make_publisher(address, **kwargs)
-        )
+        pub = make_publisher(address, **kwargs)
         made.append(pub)
         return pub
 
     yield make
     for pub in made:
-        pub.close()
+        pub.close()  # bounded: make_publisher sets a finite linger
+
+
+@pytest.fixture
+def raw_pub() -> Iterator[Callable[[str], zmq.Socket]]:
+    """Plain 0MQ PUB sockets for sending hand-made messages to the proxy."""
+    ctx = zmq.Context()
+    made: list[zmq.Socket] = []
+
+    def make(address: str) -> zmq.Socket:
+        sock = ctx.socket(zmq.PUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(f"tcp://{address}")
+        made.append(sock)
+        return sock
+
+    yield make
+    for sock in made:
+        sock.close(linger=0)
+    ctx.term()
 
 
 # --------------------------------------------------------------------------------------------
@@ -375,30 +391,33 @@ def test_pickle_payload_is_only_an_error(
     prefix: bytes,
     feeds: Callable[..., DocumentFeed],
     publishers: Callable[..., Publisher],
+    raw_pub: Callable[[str], zmq.Socket],
     tmp_path: Path,
 ) -> None:
     control = tmp_path / "control"
     marker = tmp_path / "marker"
     pickle.loads(pickle.dumps(Touch(control)))
     assert control.exists()  # the payload below would run code if anyone unpickled it
-    evil = pickle.dumps({"uid": "evil", "gadget": Touch(marker)})
+    # exactly what bluesky's default (pickle) Publisher would send
+    evil = b" ".join([prefix, b"start", pickle.dumps({"uid": "evil", "gadget": Touch(marker)})])
 
     sink = Collector()
     feed = feeds(proxy.out_address, sink, prefix=prefix)
     good = publishers(proxy.in_address, prefix=prefix)
-    bad = publishers(proxy.in_address, prefix=prefix, serializer=lambda _doc: evil)
+    bad = raw_pub(proxy.in_address)
     join_link(lambda doc: good("start", doc), sink)
 
-    # send the pickle until the feed has seen it (the bad publisher has its own slow joiner)
+    # send the pickle until the feed has seen it (the bad socket has its own slow joiner)
     deadline = time.monotonic() + WAIT
     while feed.errors == 0 and time.monotonic() < deadline:
-        bad("start", {})
+        bad.send(evil)
         wait_for(lambda: feed.errors > 0, timeout=0.1)
+    assert not marker.exists(), "the pickle payload was unpickled"
     assert feed.errors > 0
     assert "undecodable" in (feed.last_error or "")
-    assert not marker.exists()
     # only the good publisher's documents reached the callback
     assert feed.documents_received == len(sink.probes) + len(sink.docs)
+    assert not sink.docs
     assert feed.running
 
     good("start", {"uid": "after"})  # still serving
@@ -507,6 +526,26 @@ def test_stop_from_inside_the_callback(
         assert feed.errors == 0, feed.last_error
     finally:
         feed.stop(timeout=WAIT)
+
+
+def test_publisher_close_is_bounded_when_the_proxy_is_gone(
+    feeds: Callable[..., DocumentFeed],
+) -> None:
+    proc = ProxyProcess()
+    try:
+        proc.start(timeout=WAIT)
+        sink = Collector()
+        feeds(proc.out_address, sink)
+        pub = make_publisher(proc.in_address, linger=0.2)
+        join_link(lambda doc: pub("start", doc), sink)
+    finally:
+        proc.stop()
+    for i in range(20):  # queued for a proxy that will never come back
+        pub("event", {"seq_num": i, "data": {"img": np.zeros((64, 64), np.float32)}})
+    closer = threading.Thread(target=pub.close, daemon=True)
+    closer.start()
+    closer.join(WAIT)
+    assert not closer.is_alive(), "Publisher.close() blocked on undeliverable messages"
 
 
 def test_feed_start_fails_cleanly_on_bad_address() -> None:

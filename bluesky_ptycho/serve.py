@@ -1,0 +1,220 @@
+"""``bluesky-ptycho serve``: the ``PtychoReconstruction`` Tango device, without a database.
+
+The server listens on one explicit port of one interface (``-ORBendPoint giop:tcp:HOST:PORT``,
+loopback by default), so its CORBA and its event ports are both there. Its device properties
+come from a Tango *property file* (``-file=PATH``), the database-free way Tango supports
+properties and memorized attributes: the options given here are written into that file before
+the server starts. By default the file is temporary (memorized attribute values are forgotten
+when the server ends); ``--db-file`` keeps it, so written ``Alpha``, ``Beta``, ... survive a
+restart.
+
+Clients reach the device as ``tango://HOST:PORT/DEVICE#dbase=no`` and Taurus as
+``tango-nodb://HOST:PORT/DEVICE``; both are printed before the server starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["device_addresses", "serve_main", "write_property_file"]
+
+DEFAULT_DEVICE = "bluesky/ptycho/1"
+DEFAULT_INSTANCE = "ptycho"
+_DEVICE_NAME = re.compile(r"^[A-Za-z0-9_.\-]+/[A-Za-z0-9_.\-]+/[A-Za-z0-9_.\-]+$")
+
+
+def device_addresses(host: str, port: int, device: str) -> tuple[str, str]:
+    """The device's full address for Tango clients and for Taurus, database-free.
+
+    Returns
+    -------
+    (str, str)
+        ``tango://HOST:PORT/DEVICE#dbase=no`` and ``tango-nodb://HOST:PORT/DEVICE``.
+    """
+    return (f"tango://{host}:{port}/{device}#dbase=no", f"tango-nodb://{host}:{port}/{device}")
+
+
+def write_property_file(
+    path: str | Path,
+    *,
+    server: str,
+    instance: str,
+    device_class: str,
+    device: str,
+    properties: dict[str, Any],
+) -> Path:
+    """Create (or update) a Tango property file declaring ``device`` and its properties.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file; created when missing. An existing file keeps its other content (memorized
+        attribute values included); the properties given replace those of the same name.
+    server, instance, device_class, device : str
+        The server ``server/instance`` runs ``device`` of class ``device_class``.
+    properties : dict
+        Device property name -> value (str, number or bool).
+
+    Returns
+    -------
+    Path
+        The file.
+    """
+    import tango
+
+    file = Path(path)
+    header = f"{server}/{instance}/DEVICE/{device_class}:"
+    text = file.read_text() if file.exists() else ""
+    if not any(line.strip().startswith(header) for line in text.splitlines()):
+        with file.open("a") as f:
+            if text and not text.endswith("\n"):
+                f.write("\n")
+            f.write(f'{header} "{device}"\n')
+    if properties:
+        db = tango.Database(str(file))
+        db.put_device_property(
+            device, {k: [_property_text(v)] for k, v in properties.items() if v is not None}
+        )
+    return file
+
+
+def _property_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bluesky-ptycho serve",
+        description="Run the PtychoReconstruction Tango device server without a Tango database.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="TCP port (default: a free one)")
+    p.add_argument(
+        "--device", default=DEFAULT_DEVICE, help=f"device name (default {DEFAULT_DEVICE})"
+    )
+    p.add_argument(
+        "--instance", default=DEFAULT_INSTANCE, help=f"server instance (default {DEFAULT_INSTANCE})"
+    )
+    p.add_argument(
+        "--zmq",
+        default=None,
+        metavar="HOST:PORT",
+        help="the bluesky 0MQ proxy's OUT address (device property ZmqAddress)",
+    )
+    p.add_argument("--zmq-prefix", default=None, help="only documents with this 0MQ prefix")
+    p.add_argument("--output-dir", default=None, help="OutputDirectory: Save and run results")
+    p.add_argument("--backend", default=None, help="array backend: numpy (default) or cupy")
+    p.add_argument("--publish-period", type=float, default=None, help="initial publish period, s")
+    p.add_argument("--final-passes", type=int, default=None, help="passes after each run")
+    p.add_argument("--catalog", default=None, help="databroker catalog for Replay(uid)")
+    p.add_argument(
+        "--start", action="store_true", help="arm at once (AutoStart): subscribe to --zmq"
+    )
+    p.add_argument(
+        "--db-file",
+        default=None,
+        help="keep properties and memorized attribute values in this Tango property file "
+        "(default: a temporary file removed at exit)",
+    )
+    p.add_argument("-v", "--verbose", type=int, default=None, help="Tango trace level (1-5)")
+    return p
+
+
+def serve_main(argv: Sequence[str] | None = None) -> int:
+    """``bluesky-ptycho serve``: print the device's address, then run the server until killed.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        Command-line arguments (default ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        0 after a normal shutdown, 2 for bad arguments.
+    """
+    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    if not _DEVICE_NAME.match(args.device):
+        print(f"error: --device {args.device!r} is not domain/family/member", file=sys.stderr)
+        return 2
+    if args.port is not None and not 0 < args.port < 65536:
+        print(f"error: --port {args.port} is not a TCP port", file=sys.stderr)
+        return 2
+    if args.output_dir is not None:
+        out = Path(args.output_dir).expanduser().resolve()
+        out.mkdir(parents=True, exist_ok=True)
+        args.output_dir = str(out)
+
+    from tango.server import run
+
+    from bluesky_ptycho.tango_device import SERVER_NAME, PtychoReconstruction
+    from bluesky_ptycho.transport import free_port
+
+    port = args.port if args.port is not None else free_port(args.host)
+    properties = {
+        "ZmqAddress": args.zmq,
+        "ZmqPrefix": args.zmq_prefix,
+        "OutputDirectory": args.output_dir,
+        "Backend": args.backend,
+        "PublishPeriod": args.publish_period,
+        "FinalPasses": args.final_passes,
+        "Catalog": args.catalog,
+        "AutoStart": True if args.start else None,
+    }
+    tmp: str | None = None
+    if args.db_file is None:
+        tmp = tempfile.mkdtemp(prefix="bluesky-ptycho-serve-")
+        db_file = Path(tmp) / "properties.db"
+    else:
+        db_file = Path(args.db_file).expanduser().resolve()
+    try:
+        write_property_file(
+            db_file,
+            server=SERVER_NAME,
+            instance=args.instance,
+            device_class="PtychoReconstruction",
+            device=args.device,
+            properties={k: v for k, v in properties.items() if v is not None},
+        )
+        tango_address, taurus_address = device_addresses(args.host, port, args.device)
+        if args.host not in ("127.0.0.1", "localhost", "::1"):
+            print(f"warning: listening on {args.host}, not only on loopback", file=sys.stderr)
+        print(
+            f"PtychoReconstruction {args.device} (server {SERVER_NAME}/{args.instance}), "
+            "database-free\n"
+            f"  Tango client: {tango_address}\n"
+            f"  Taurus:       {taurus_address}\n"
+            f"  properties:   {db_file}",
+            flush=True,
+        )
+        tango_args = [
+            SERVER_NAME,
+            args.instance,
+            "-ORBendPoint",
+            f"giop:tcp:{args.host}:{port}",
+            f"-file={db_file}",
+        ]
+        if args.verbose:
+            tango_args.append(f"-v{args.verbose}")
+
+        def ready() -> None:
+            print(f"ready: {tango_address}", flush=True)
+
+        run((PtychoReconstruction,), args=tango_args, post_init_callback=ready)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(serve_main())

@@ -1,0 +1,862 @@
+"""``PtychoReconstruction``: a Tango device server over :class:`~bluesky_ptycho.PtychoCallback`.
+
+The device is a thin shell: documents arrive over the bluesky 0MQ proxy (a
+:class:`~bluesky_ptycho.transport.DocumentFeed`) or from a replay
+(:func:`bluesky_ptycho.io.replay.replay`) and go to a
+:class:`~bluesky_ptycho.callback.PtychoCallback`, which reconstructs each run live with a
+:class:`~bluesky_ptycho.live.LiveReconstruction`. Every snapshot the reconstruction publishes
+becomes attribute values with change and data-ready events.
+
+Threads
+-------
+* Tango's own threads run the commands, attribute reads and writes, State and Status.
+* The feed thread (or the replay thread) hands documents to the callback, which only enqueues.
+* The reconstruction's worker thread calls the snapshot observer, which only stores the
+  snapshot and wakes the pusher: it never touches Tango.
+* The pusher thread, made in ``init_device``, runs inside ``tango.EnsureOmniThread()``, converts
+  the latest snapshot to attribute values at most once per ``PublishPeriod`` and pushes the
+  events. Only it and Tango's threads call Tango.
+
+Nothing a document, a snapshot or a push does can raise out of these threads: errors are logged
+and shown in Status (and turn the state to FAULT where they stop the device from working).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tango
+from tango import AttrWriteType, DevState, DispLevel
+from tango.server import Device, attribute, command, device_property
+
+from bluesky_ptycho.callback import PtychoCallback
+from bluesky_ptycho.io.result import write_result
+from bluesky_ptycho.live import LiveOptions, LiveReconstruction, Snapshot
+
+from .views import RunInfo, SnapshotView, make_view, resolve_inside
+
+__all__ = ["EVENT_ATTRIBUTES", "PtychoReconstruction"]
+
+logger = logging.getLogger(__name__)
+
+EVENT_ATTRIBUTES = (
+    "ObjectAmplitude",
+    "ObjectPhase",
+    "ProbeAmplitude",
+    "ProbePhase",
+    "ScanPositions",
+    "Iteration",
+    "PatternsReceived",
+    "PatternsInUse",
+    "FourierError",
+    "ErrorHistory",
+    "ScanUid",
+    "Progress",
+    "RunPhase",
+)
+"""Attributes with change and data-ready events, pushed for every published snapshot."""
+
+_ACTIVE_PHASES = ("idle", "waiting", "running", "paused", "finishing")
+_STEERABLE_PHASES = (*_ACTIVE_PHASES, "fault")
+_MAX_IMAGE = 4096
+_MAX_POSITIONS = 1_000_000
+_MAX_HISTORY = 1_000_000
+_MAX_NOTES = 10
+_JOIN_S = 5.0
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """The newest snapshot waiting for the pusher (``snapshot=None``: push the empty view)."""
+
+    generation: int
+    snapshot: Snapshot | None
+    uid: str
+    run: RunInfo | None
+
+
+class _Cancelled(Exception):
+    """Raised into a replay by the device to abandon it (Stop, Reset, shutdown)."""
+
+
+def _refuse(reason: str, desc: str, origin: str) -> None:
+    """Raise a ``DevFailed`` with a reason code and a sentence saying why."""
+    tango.Except.throw_exception(reason, desc, origin)
+
+
+class PtychoReconstruction(Device):
+    """Live ptychographic reconstruction of Bluesky scans.
+
+    States: ON (idle, data kept), STANDBY (armed: waiting for a run), RUNNING (a run is being
+    reconstructed), FAULT (the reason is in Status). See ``docs/how-to/tango.md``.
+    """
+
+    # ------------------------------------------------------------------ properties
+    ZmqAddress = device_property(
+        dtype=str,
+        default_value="",
+        doc='The bluesky 0MQ proxy\'s OUT address, "host:port" (e.g. "127.0.0.1:5578"); '
+        '"" = no document feed (Start is refused; use Replay).',
+    )
+    ZmqPrefix = device_property(
+        dtype=str,
+        default_value="",
+        doc='Only documents published with this prefix are used ("" = all).',
+    )
+    Backend = device_property(
+        dtype=str,
+        default_value="numpy",
+        doc='Engine array backend: "numpy", "cupy" (GPU) or "array_api_strict".',
+    )
+    OutputDirectory = device_property(
+        dtype=str,
+        default_value="",
+        doc="Directory for Save(path) and for each finished run's result file; "
+        '"" = saving disabled.',
+    )
+    AutoSave = device_property(
+        dtype=bool,
+        default_value=True,
+        doc="Write every finished run's result into OutputDirectory (when it is set).",
+    )
+    PublishPeriod = device_property(
+        dtype=float,
+        default_value=0.5,
+        doc="Initial publish period in seconds (the memorized attribute overrides it).",
+    )
+    FinalPasses = device_property(
+        dtype=int,
+        default_value=20,
+        doc="Full passes over all patterns after a run stops.",
+    )
+    Catalog = device_property(
+        dtype=str,
+        default_value="",
+        doc="databroker catalog (name or URI) in which Replay looks up run uids.",
+    )
+    AutoStart = device_property(
+        dtype=bool,
+        default_value=False,
+        doc="Arm (as the Start command) when the device initialises.",
+    )
+
+    # ------------------------------------------------------------------ lifecycle
+    def init_device(self) -> None:
+        """Per-device state, the callback and the pusher thread; arms if AutoStart is set."""
+        super().init_device()
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._closing = threading.Event()
+        self._pending: _Pending | None = None
+        self._generation = 0  # bumped by Reset: older snapshots are dropped
+        self._view = SnapshotView.empty()
+        self._run: RunInfo | None = None
+        self._feed: Any = None
+        self._replay_thread: threading.Thread | None = None
+        self._replay_cancel = threading.Event()
+        self._fault: str | None = None
+        self._notes: deque[str] = deque(maxlen=_MAX_NOTES)
+        self._pushes = 0
+        self._options = LiveOptions()
+        try:
+            from bluesky_ptycho.backend import get_backend
+
+            get_backend(str(self.Backend))
+            self._options = LiveOptions(
+                publish_period_s=float(self.PublishPeriod),
+                final_passes=int(self.FinalPasses),
+                backend=str(self.Backend),
+            )
+        except Exception as exc:  # a bad property must not keep the server from starting
+            self._fail(f"bad device property: {type(exc).__name__}: {exc}")
+        self._period = float(self._options.publish_period_s)
+        self._callback = self._new_callback()
+        for name in EVENT_ATTRIBUTES:
+            self.set_change_event(name, True, False)
+            self.set_data_ready_event(name, True)
+        self._pusher = threading.Thread(
+            target=self._pusher_main,
+            args=(self._closing,),
+            name=f"{self.get_name()}-pusher",
+            daemon=True,
+        )
+        self._pusher.start()
+        if self.AutoStart and self.ZmqAddress and self._fault is None:
+            try:
+                self._arm()
+            except Exception as exc:
+                self._fail(f"AutoStart failed: {exc}")
+
+    def delete_device(self) -> None:
+        """Stop feed, replay, reconstruction and pusher (bounded waits)."""
+        self._closing.set()
+        with self._wake:
+            self._wake.notify_all()
+        self._disarm()
+        self._cancel_replay()
+        live = self._callback.live
+        if live is not None:
+            live.stop()
+        self._callback.close(timeout=_JOIN_S)
+        self._pusher.join(_JOIN_S)
+        super().delete_device()
+
+    def _new_callback(self) -> PtychoCallback:
+        out = str(self.OutputDirectory)
+        return PtychoCallback(
+            output_dir=out if (out and self.AutoSave) else None,
+            options=self._options,
+            observers=[self._on_snapshot],
+        )
+
+    def _fail(self, reason: str) -> None:
+        """Enter FAULT with ``reason`` (kept until Stop or Reset)."""
+        logger.error("%s", reason)
+        with self._lock:
+            self._fault = reason
+            self._notes.append(reason)
+
+    def _note(self, text: str) -> None:
+        logger.warning("%s", text)
+        with self._lock:
+            self._notes.append(text)
+
+    # ------------------------------------------------------------------ documents in
+    def _on_document(self, name: str, doc: dict) -> None:
+        """Hand a document to the callback (feed or replay thread); never raises."""
+        try:
+            if name == "start" and isinstance(doc, dict):
+                info = RunInfo.from_start(doc)
+                self._callback(name, doc)
+                if self._callback.status.run_uid == info.uid:
+                    with self._lock:
+                        self._run = info
+            else:
+                self._callback(name, doc)
+        except Exception as exc:  # the callback does not raise; this is a last resort
+            logger.exception("document %s failed", name)
+            self._note(f"{name} document failed: {type(exc).__name__}: {exc}")
+
+    def _on_snapshot(self, snap: Snapshot) -> None:
+        """Observer (reconstruction worker thread): keep the newest snapshot, wake the pusher."""
+        try:
+            live = self._callback.live
+            if live is None or live.latest() is not snap:
+                return  # from a superseded run or a reset reconstruction
+            uid = self._callback.status.run_uid or ""
+            with self._wake:
+                run = self._run if self._run is not None and self._run.uid == uid else None
+                self._pending = _Pending(self._generation, snap, uid, run)
+                self._wake.notify_all()
+        except Exception as exc:
+            logger.exception("snapshot observer failed")
+            self._note(f"snapshot observer failed: {type(exc).__name__}: {exc}")
+
+    # ------------------------------------------------------------------ events out
+    def _pusher_main(self, closing: threading.Event) -> None:
+        """Convert the newest snapshot and push events, at most once per PublishPeriod."""
+        with tango.EnsureOmniThread():
+            last = -math.inf
+            while not closing.is_set():
+                with self._wake:
+                    while self._pending is None and not closing.is_set():
+                        self._wake.wait(0.5)
+                if closing.is_set():
+                    return
+                due = last + self._period - time.monotonic()
+                if due > 0 and closing.wait(due):
+                    return
+                with self._wake:
+                    pending, self._pending = self._pending, None
+                if pending is None:
+                    continue
+                last = time.monotonic()
+                try:
+                    self._publish(pending)
+                except Exception as exc:
+                    logger.exception("pushing events failed")
+                    self._note(f"pushing events failed: {type(exc).__name__}: {exc}")
+
+    def _publish(self, pending: _Pending) -> None:
+        if pending.snapshot is None:
+            view = SnapshotView.empty()
+        else:
+            live = self._callback.live
+            error = live.status.fourier_error if live is not None else math.nan
+            expected = pending.run.expected if pending.run is not None else None
+            view = make_view(
+                pending.snapshot, uid=pending.uid, expected=expected, fourier_error=error
+            )
+        with self._lock:
+            if pending.generation != self._generation:
+                return  # a Reset came in meanwhile
+            self._view = view
+        for name, value in self._values(view).items():
+            self.push_change_event(name, value)
+            self.push_data_ready_event(name, view.seq)
+        self._pushes += 1
+
+    @staticmethod
+    def _values(view: SnapshotView) -> dict[str, Any]:
+        return {
+            "ObjectAmplitude": view.object_amplitude,
+            "ObjectPhase": view.object_phase,
+            "ProbeAmplitude": view.probe_amplitude,
+            "ProbePhase": view.probe_phase,
+            "ScanPositions": view.positions_px,
+            "Iteration": view.iteration,
+            "PatternsReceived": view.patterns_received,
+            "PatternsInUse": view.patterns_in_use,
+            "FourierError": view.fourier_error,
+            "ErrorHistory": view.error_history,
+            "ScanUid": view.uid,
+            "Progress": view.progress,
+            "RunPhase": view.phase,
+        }
+
+    # ------------------------------------------------------------------ state
+    def _evaluate(self) -> tuple[DevState, str]:
+        """The device state and why, from the library's own status."""
+        with self._lock:
+            fault = self._fault
+        if fault:
+            return DevState.FAULT, fault
+        feed = self._feed
+        if feed is not None and not feed.running:
+            return DevState.FAULT, f"document feed stopped: {feed.last_error or 'no reason given'}"
+        live = self._callback.live
+        status = live.status if live is not None else None
+        if status is not None and status.phase == "fault":
+            return DevState.FAULT, f"reconstruction fault: {status.fault}"
+        if status is not None and status.phase in _ACTIVE_PHASES:
+            return DevState.RUNNING, f"reconstructing ({status.phase})"
+        replaying = self._replay_thread is not None and self._replay_thread.is_alive()
+        if replaying:
+            return DevState.STANDBY, "replaying: waiting for the run's documents"
+        if feed is not None:
+            return DevState.STANDBY, f"armed: waiting for a run from {feed.address}"
+        return DevState.ON, "idle"
+
+    def dev_state(self) -> DevState:
+        """State computed from the reconstruction, feed and replay."""
+        state, _ = self._evaluate()
+        self.set_state(state)
+        return state
+
+    def dev_status(self) -> str:
+        """State, reason, run counters, feed and the latest problems."""
+        state, why = self._evaluate()
+        cb = self._callback.status
+        view = self._view
+        lines = [f"{state}: {why}"]
+        live = cb.live
+        if cb.run_uid is not None and live is not None:
+            run = self._run
+            expected = run.expected if run is not None and run.uid == cb.run_uid else None
+            lines.append(
+                f"run {cb.run_uid}: {live.phase}, {live.patterns_received}"
+                f"{'/' + str(expected) if expected else ''} patterns received, "
+                f"{live.patterns_in_use} in use, iteration {live.iteration}, "
+                f"{live.pattern_updates} updates, Fourier error {live.fourier_error:.4g}"
+            )
+        lines.append(f"callback: {cb.message}; {cb.rejected} item(s) rejected")
+        feed = self._feed
+        if feed is not None:
+            lines.append(
+                f"feed {feed.address}: {feed.documents_received} documents, {feed.errors} errors"
+                + (f" (last: {feed.last_error})" if feed.last_error else "")
+            )
+        opts = self._callback.options
+        lines.append(
+            f"options: alpha {opts.epie.alpha:g}, beta {opts.epie.beta:g}, cap "
+            f"{opts.pacing.max_updates_per_pattern} updates/pattern, final passes "
+            f"{opts.final_passes}, publish period {opts.publish_period_s:g} s, backend "
+            f"{opts.backend}; {self._pushes} snapshots pushed (last seq {view.seq})"
+        )
+        with self._lock:
+            notes = list(self._notes)
+        problems = [*cb.reasons[-3:], *(live.messages[-3:] if live else ()), *notes[-3:]]
+        if problems:
+            lines.append("recent problems:")
+            lines.extend(f"  {p}" for p in problems)
+        text = "\n".join(lines)
+        self.set_status(text)
+        return text
+
+    def _require(self, command_name: str, allowed: tuple[DevState, ...], hint: str) -> bool:
+        state, why = self._evaluate()
+        if state not in allowed:
+            _refuse(
+                "PTYCHO_WrongState",
+                f"{command_name} is not allowed in state {state} ({why}); {hint}",
+                f"PtychoReconstruction.{command_name}",
+            )
+        return True
+
+    # ------------------------------------------------------------------ read attributes
+    ObjectAmplitude = attribute(
+        dtype=((np.float32,),),
+        max_dim_x=_MAX_IMAGE,
+        max_dim_y=_MAX_IMAGE,
+        unit="",
+        format="%.4f",
+        label="Object amplitude",
+        description="|object|: the specimen's transmission modulus (1 = transparent), "
+        "object pixels, (0, 0) before the first snapshot.",
+    )
+    ObjectPhase = attribute(
+        dtype=((np.float32,),),
+        max_dim_x=_MAX_IMAGE,
+        max_dim_y=_MAX_IMAGE,
+        unit="rad",
+        format="%.4f",
+        label="Object phase",
+        description="angle(object) in radians, in (-pi, pi], object pixels.",
+    )
+    ProbeAmplitude = attribute(
+        dtype=((np.float32,),),
+        max_dim_x=_MAX_IMAGE,
+        max_dim_y=_MAX_IMAGE,
+        unit="sqrt(counts)",
+        format="%.4g",
+        label="Probe amplitude",
+        description="|probe| (sum |probe|^2 = counts of one pattern), detector-frame pixels.",
+    )
+    ProbePhase = attribute(
+        dtype=((np.float32,),),
+        max_dim_x=_MAX_IMAGE,
+        max_dim_y=_MAX_IMAGE,
+        unit="rad",
+        format="%.4f",
+        label="Probe phase",
+        description="angle(probe) in radians, in (-pi, pi].",
+    )
+    ScanPositions = attribute(
+        dtype=((np.float64,),),
+        max_dim_x=2,
+        max_dim_y=_MAX_POSITIONS,
+        unit="px",
+        format="%.3f",
+        label="Scan positions",
+        description="(n, 2) image: (row, col) of each pattern's probe-patch top-left corner in "
+        "OBJECT PIXELS (the object arrays' index space), from the measured encoder readbacks.",
+    )
+    Iteration = attribute(
+        dtype=int,
+        unit="",
+        format="%d",
+        label="Iteration",
+        description="Completed passes over all patterns (while a scan runs the default capped "
+        "pacing visits patterns without counting passes; the final passes count).",
+    )
+    PatternsReceived = attribute(
+        dtype=int,
+        unit="",
+        format="%d",
+        label="Patterns received",
+        description="Frames handed to the reconstruction in the current run.",
+    )
+    PatternsInUse = attribute(
+        dtype=int,
+        unit="",
+        format="%d",
+        label="Patterns in use",
+        description="Patterns the engine holds (received minus rejected minus not yet ingested).",
+    )
+    FourierError = attribute(
+        dtype=float,
+        unit="",
+        format="%.5f",
+        label="Fourier error",
+        description="Latest normalised Fourier error sum((|F(PO)| - sqrt(I))^2) / sum(I); "
+        "NaN before the first update.",
+    )
+    ErrorHistory = attribute(
+        dtype=(np.float64,),
+        max_dim_x=_MAX_HISTORY,
+        unit="",
+        format="%.5f",
+        label="Error history",
+        description="Normalised Fourier error of every completed pass, oldest first.",
+    )
+    ScanUid = attribute(
+        dtype=str,
+        label="Scan uid",
+        description="Start-document uid of the run shown ('' when none).",
+    )
+    Progress = attribute(
+        dtype=float,
+        unit="%",
+        format="%.1f",
+        min_value=0.0,
+        max_value=100.0,
+        label="Progress",
+        description="Patterns received as a percentage of the patterns announced by the start "
+        "document (0 when it announces none).",
+    )
+    RunPhase = attribute(
+        dtype=str,
+        label="Run phase",
+        description="Phase of the run shown: waiting, running, paused, finishing, finished, "
+        "stopped or fault ('' when none).",
+        display_level=DispLevel.EXPERT,
+    )
+
+    DocumentsReceived = attribute(
+        dtype=int,
+        unit="",
+        format="%d",
+        label="Documents received",
+        description="Documents the 0MQ feed received since the last Start (0 when not armed); "
+        "for checking the link to the proxy.",
+        display_level=DispLevel.EXPERT,
+    )
+
+    def read_DocumentsReceived(self) -> int:
+        feed = self._feed
+        return int(feed.documents_received) if feed is not None else 0
+
+    def read_ObjectAmplitude(self) -> np.ndarray:
+        return self._view.object_amplitude
+
+    def read_ObjectPhase(self) -> np.ndarray:
+        return self._view.object_phase
+
+    def read_ProbeAmplitude(self) -> np.ndarray:
+        return self._view.probe_amplitude
+
+    def read_ProbePhase(self) -> np.ndarray:
+        return self._view.probe_phase
+
+    def read_ScanPositions(self) -> np.ndarray:
+        return self._view.positions_px
+
+    def read_Iteration(self) -> int:
+        return self._view.iteration
+
+    def read_PatternsReceived(self) -> int:
+        return self._view.patterns_received
+
+    def read_PatternsInUse(self) -> int:
+        return self._view.patterns_in_use
+
+    def read_FourierError(self) -> float:
+        return self._view.fourier_error
+
+    def read_ErrorHistory(self) -> np.ndarray:
+        return self._view.error_history
+
+    def read_ScanUid(self) -> str:
+        return self._view.uid
+
+    def read_Progress(self) -> float:
+        return self._view.progress
+
+    def read_RunPhase(self) -> str:
+        return self._view.phase
+
+    # ------------------------------------------------------------------ steering attributes
+    @attribute(
+        dtype=int,
+        access=AttrWriteType.READ_WRITE,
+        memorized=True,
+        hw_memorized=True,
+        min_value=1,
+        max_value=1000,
+        unit="updates/pattern",
+        format="%d",
+        label="Iterations per batch",
+        description="Pacing while a scan runs: each pattern is used in at most this many ePIE "
+        "updates before new data arrives (PacingPolicy.max_updates_per_pattern of the "
+        "default 'capped' policy). Applies to the running and the next runs; 1..1000.",
+    )
+    def IterationsPerBatch(self) -> int:
+        return int(self._callback.options.pacing.max_updates_per_pattern)
+
+    @IterationsPerBatch.write
+    def IterationsPerBatch(self, value: int) -> None:
+        opts = self._callback.options
+        pacing = self._checked(
+            "IterationsPerBatch", lambda: replace(opts.pacing, max_updates_per_pattern=int(value))
+        )
+        self._steer(replace(opts, pacing=pacing), pacing=pacing)
+
+    @attribute(
+        dtype=float,
+        access=AttrWriteType.READ_WRITE,
+        memorized=True,
+        hw_memorized=True,
+        min_value=0.001,
+        max_value=2.0,
+        unit="",
+        format="%.3f",
+        label="Alpha",
+        description="ePIE object update strength, 0.001..2 (1 as in the study). Applies to the "
+        "running and the next runs.",
+    )
+    def Alpha(self) -> float:
+        return float(self._callback.options.epie.alpha)
+
+    @Alpha.write
+    def Alpha(self, value: float) -> None:
+        opts = self._callback.options
+        epie = self._checked("Alpha", lambda: replace(opts.epie, alpha=float(value)))
+        self._steer(replace(opts, epie=epie), epie=epie)
+
+    @attribute(
+        dtype=float,
+        access=AttrWriteType.READ_WRITE,
+        memorized=True,
+        hw_memorized=True,
+        min_value=0.0,
+        max_value=2.0,
+        unit="",
+        format="%.3f",
+        label="Beta",
+        description="ePIE probe update strength, 0..2 (0 keeps the probe fixed). Applies to "
+        "the running and the next runs.",
+    )
+    def Beta(self) -> float:
+        return float(self._callback.options.epie.beta)
+
+    @Beta.write
+    def Beta(self, value: float) -> None:
+        opts = self._callback.options
+        epie = self._checked("Beta", lambda: replace(opts.epie, beta=float(value)))
+        self._steer(replace(opts, epie=epie), epie=epie)
+
+    # the Python name differs from the Tango name: PublishPeriod is also a device property
+    publish_period_attribute = attribute(
+        name="PublishPeriod",
+        dtype=float,
+        access=AttrWriteType.READ_WRITE,
+        memorized=True,
+        hw_memorized=True,
+        min_value=0.05,
+        max_value=60.0,
+        unit="s",
+        format="%.2f",
+        label="Publish period",
+        description="Snapshots (and events) at most this often while reconstructing, "
+        "0.05..60 s. Applies to the running and the next runs.",
+    )
+
+    def read_PublishPeriod(self) -> float:
+        return float(self._callback.options.publish_period_s)
+
+    def write_PublishPeriod(self, value: float) -> None:
+        opts = self._callback.options
+        new = self._checked("PublishPeriod", lambda: replace(opts, publish_period_s=float(value)))
+        self._period = float(value)
+        self._steer(new, publish_period_s=float(value))
+
+    @staticmethod
+    def _checked(name: str, make: Any) -> Any:
+        """Build new options; a refusal by the library becomes a clear DevFailed."""
+        try:
+            return make()
+        except (TypeError, ValueError) as exc:
+            _refuse("PTYCHO_BadValue", f"{name} refused: {exc}", f"PtychoReconstruction.{name}")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _steer(self, options: LiveOptions, **changes: Any) -> None:
+        """New options for the next runs, and the same change for the running one."""
+        self._options = options
+        self._callback.options = options
+        live: LiveReconstruction | None = self._callback.live
+        if live is not None and live.status.phase in _STEERABLE_PHASES:
+            live.set_options(**changes)
+
+    # ------------------------------------------------------------------ commands
+    @command(doc_in="", doc_out="")
+    def Start(self) -> None:
+        """Arm: subscribe to the 0MQ proxy (ZmqAddress) and reconstruct every run it sends."""
+        if not self.ZmqAddress:
+            _refuse(
+                "PTYCHO_NoFeed",
+                "Start needs the ZmqAddress device property (the 0MQ proxy's OUT address, e.g. "
+                "127.0.0.1:5578); without it, use Replay(file or uid)",
+                "PtychoReconstruction.Start",
+            )
+        try:
+            self._arm()
+        except Exception as exc:
+            _refuse(
+                "PTYCHO_FeedFailed",
+                f"Start failed: cannot subscribe to {self.ZmqAddress}: {exc}",
+                "PtychoReconstruction.Start",
+            )
+
+    def is_Start_allowed(self) -> bool:
+        return self._require("Start", (DevState.ON,), "Stop first (or Reset after a FAULT)")
+
+    def _arm(self) -> None:
+        from bluesky_ptycho.transport import DocumentFeed
+
+        feed = DocumentFeed(
+            str(self.ZmqAddress),
+            self._on_document,
+            prefix=str(self.ZmqPrefix).encode(),
+            name=f"{self.get_name()}-feed",
+        )
+        feed.start(timeout=10.0)
+        self._feed = feed
+
+    def _disarm(self) -> None:
+        feed, self._feed = self._feed, None
+        if feed is not None:
+            try:
+                feed.stop(timeout=_JOIN_S)
+            except Exception as exc:
+                self._note(f"stopping the document feed failed: {exc}")
+
+    @command(doc_in="", doc_out="")
+    def Stop(self) -> None:
+        """Stop the feed (or replay) and the current reconstruction; keep its data (ON)."""
+        self._disarm()
+        self._cancel_replay()
+        live = self._callback.live
+        if live is not None and live.status.phase in _STEERABLE_PHASES:
+            live.stop()
+            try:
+                live.wait(timeout=_JOIN_S)
+            except (TimeoutError, RuntimeError) as exc:
+                self._note(f"Stop: {exc}")
+        with self._lock:
+            self._fault = None
+
+    def is_Stop_allowed(self) -> bool:
+        return self._require(
+            "Stop", (DevState.STANDBY, DevState.RUNNING, DevState.FAULT), "nothing to stop"
+        )
+
+    @command(doc_in="", doc_out="")
+    def Reset(self) -> None:
+        """Drop the reconstruction and everything shown; clear a FAULT (ON)."""
+        self._disarm()
+        self._cancel_replay()
+        old = self._callback
+        live = old.live
+        if live is not None:
+            live.stop()
+        self._callback = self._new_callback()
+        old.close(timeout=_JOIN_S)
+        with self._wake:
+            self._generation += 1
+            self._view = SnapshotView.empty()
+            self._pending = _Pending(self._generation, None, "", None)  # the pusher clears
+            self._run = None
+            self._fault = None
+            self._notes.clear()
+            self._wake.notify_all()
+
+    def is_Reset_allowed(self) -> bool:
+        return self._require("Reset", (DevState.ON, DevState.FAULT), "Stop first")
+
+    @command(
+        dtype_in=str,
+        doc_in="File name inside OutputDirectory (sub-directories allowed; .. and paths "
+        "elsewhere are refused)",
+        dtype_out=str,
+        doc_out="The absolute path written",
+    )
+    def Save(self, path: str) -> str:
+        """Write the current reconstruction (object, probe, positions, errors) to HDF5."""
+        origin = "PtychoReconstruction.Save"
+        try:
+            target = resolve_inside(str(self.OutputDirectory), path)
+        except ValueError as exc:
+            _refuse("PTYCHO_PathRefused", f"Save refused: {exc}", origin)
+        live = self._callback.live
+        if live is None:
+            _refuse("PTYCHO_NoData", "Save refused: there is no reconstruction to save", origin)
+        if target.exists():
+            _refuse(
+                "PTYCHO_PathRefused",
+                f"Save refused: {str(target)!r} exists; give a new file name",
+                origin,
+            )
+        state = live.state()
+        cb = self._callback.status
+        run = self._run
+        setup = run.setup if run is not None and run.uid == cb.run_uid else None
+        metadata = {
+            "run_uid": cb.run_uid or "",
+            "device": self.get_name(),
+            "phase": live.status.phase,
+            "frames_received": cb.frames_received,
+            "frames_used": cb.frames_used,
+            "rejected": cb.rejected,
+        }
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            written = write_result(
+                target,
+                state,
+                geometry=setup.geometry() if setup is not None else None,
+                metadata=metadata,
+            )
+        except Exception as exc:
+            _refuse("PTYCHO_SaveFailed", f"Save failed writing {str(target)!r}: {exc}", origin)
+        return str(written)
+
+    @command(
+        dtype_in=str,
+        doc_in="A CXI/HDF5 scan file, or a run uid in the Catalog property's databroker",
+        doc_out="",
+    )
+    def Replay(self, source: str) -> None:
+        """Reconstruct a saved scan through the same pipeline, in a background thread."""
+        origin = "PtychoReconstruction.Replay"
+        text = source.strip()
+        if not text:
+            _refuse("PTYCHO_BadSource", "Replay refused: give a file path or a run uid", origin)
+        if not Path(text).is_file() and not self.Catalog:
+            _refuse(
+                "PTYCHO_BadSource",
+                f"Replay refused: {text!r} is not an existing file, and no Catalog device "
+                "property is set to look it up as a run uid",
+                origin,
+            )
+        self._replay_cancel = cancel = threading.Event()
+        thread = threading.Thread(
+            target=self._replay_main, args=(text, cancel), name="ptycho-replay", daemon=True
+        )
+        self._replay_thread = thread
+        thread.start()
+
+    def is_Replay_allowed(self) -> bool:
+        return self._require("Replay", (DevState.ON,), "Stop first (or Reset after a FAULT)")
+
+    def _replay_main(self, source: str, cancel: threading.Event) -> None:
+        from bluesky_ptycho.io.replay import replay
+
+        def forward(name: str, doc: dict) -> None:
+            if cancel.is_set():
+                raise _Cancelled
+            self._on_document(name, doc)
+
+        try:
+            uid = replay(source, forward, catalog=str(self.Catalog) or None)
+            logger.info("replayed %s (run %s)", source, uid)
+        except _Cancelled:
+            self._note(f"Replay({source!r}) cancelled")
+        except Exception as exc:
+            logger.exception("replay of %s failed", source)
+            self._fail(f"Replay({source!r}) failed: {type(exc).__name__}: {exc}")
+
+    def _cancel_replay(self) -> None:
+        self._replay_cancel.set()
+        thread = self._replay_thread
+        if thread is not None:
+            thread.join(_JOIN_S)
+            if not thread.is_alive():
+                self._replay_thread = None

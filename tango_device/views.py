@@ -1,0 +1,221 @@
+"""Pure helpers of the Tango device: what a snapshot looks like as attributes, safe paths.
+
+Nothing here imports Tango, so these functions are unit-testable on their own; the device
+(:mod:`bluesky_ptycho.tango_device.device`) only moves their results across the wire.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bluesky_ptycho.live import Snapshot
+from bluesky_ptycho.setup import START_KEY, ScanSetup
+
+__all__ = ["RunInfo", "SnapshotView", "make_view", "progress_percent", "resolve_inside"]
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What the device learns from a run's start document.
+
+    Attributes
+    ----------
+    uid : str
+        The start document's uid.
+    expected : int or None
+        Patterns the scan announces (``start["ptycho"]``, else ``start["num_points"]``).
+    setup : ScanSetup or None
+        The scan contract, when the start document carries a valid one.
+    """
+
+    uid: str
+    expected: int | None
+    setup: ScanSetup | None
+
+    @classmethod
+    def from_start(cls, doc: Mapping[str, Any]) -> RunInfo:
+        """Read uid, expected points and setup from a start document; never raises."""
+        uid = str(doc.get("uid", ""))
+        setup: ScanSetup | None = None
+        expected: int | None = None
+        ptycho = doc.get(START_KEY)
+        if isinstance(ptycho, Mapping):
+            try:
+                setup = ScanSetup.from_start_doc(ptycho)
+                expected = setup.expected_points
+            except (TypeError, ValueError, KeyError):
+                setup = None
+        if expected is None:
+            num = doc.get("num_points")
+            if isinstance(num, (int, np.integer)) and int(num) > 0:
+                expected = int(num)
+        return cls(uid=uid, expected=expected, setup=setup)
+
+
+def progress_percent(received: int, expected: int | None) -> float:
+    """Patterns received as a percentage of those expected, in [0, 100]; 0 when unknown."""
+    if not expected or expected <= 0:
+        return 0.0
+    return float(min(100.0, 100.0 * max(received, 0) / expected))
+
+
+@dataclass(frozen=True)
+class SnapshotView:
+    """A published snapshot converted to attribute values (computed once, read many times).
+
+    Attributes
+    ----------
+    seq : int
+        The snapshot's counter (0 for the empty view); also the data-ready counter.
+    uid : str
+        Start uid of the run shown ("" when none).
+    phase : str
+        The live reconstruction's phase when the snapshot was taken ("" when none).
+    object_amplitude, object_phase : ndarray, float32, shape (H, W)
+        ``abs`` and ``angle`` (radians) of the object; shape (0, 0) when empty.
+    probe_amplitude, probe_phase : ndarray, float32, shape (N, N)
+        ``abs`` (sqrt of counts) and ``angle`` (radians) of the probe.
+    positions_px : ndarray, float64, shape (n, 2)
+        ``(row, col)`` of each pattern's probe-patch top-left corner, in object pixels.
+    iteration : int
+        Completed passes over all patterns.
+    patterns_received, patterns_in_use : int
+        Frames handed to the reconstruction, and patterns the engine holds.
+    fourier_error : float
+        Latest normalised Fourier error (NaN before the first).
+    error_history : ndarray, float64
+        Fourier error of every completed pass.
+    progress : float
+        Percent of the announced patterns received.
+    """
+
+    seq: int
+    uid: str
+    phase: str
+    object_amplitude: np.ndarray
+    object_phase: np.ndarray
+    probe_amplitude: np.ndarray
+    probe_phase: np.ndarray
+    positions_px: np.ndarray
+    iteration: int
+    patterns_received: int
+    patterns_in_use: int
+    fourier_error: float
+    error_history: np.ndarray
+    progress: float
+
+    @classmethod
+    def empty(cls) -> SnapshotView:
+        """The view shown before any snapshot (and after a reset)."""
+        img = np.zeros((0, 0), dtype=np.float32)
+        return cls(
+            seq=0,
+            uid="",
+            phase="",
+            object_amplitude=img,
+            object_phase=img,
+            probe_amplitude=img,
+            probe_phase=img,
+            positions_px=np.zeros((0, 2), dtype=np.float64),
+            iteration=0,
+            patterns_received=0,
+            patterns_in_use=0,
+            fourier_error=math.nan,
+            error_history=np.zeros(0, dtype=np.float64),
+            progress=0.0,
+        )
+
+
+def make_view(
+    snapshot: Snapshot,
+    *,
+    uid: str,
+    expected: int | None,
+    fourier_error: float = math.nan,
+) -> SnapshotView:
+    """Convert a :class:`~bluesky_ptycho.live.Snapshot` into attribute values.
+
+    Parameters
+    ----------
+    snapshot : Snapshot
+        As published by :class:`~bluesky_ptycho.live.LiveReconstruction`.
+    uid : str
+        The run's start uid.
+    expected : int or None
+        Patterns announced by the start document (for :attr:`SnapshotView.progress`).
+    fourier_error : float, optional
+        The latest error known to the live reconstruction (its status); when NaN, the last
+        completed pass's error from the snapshot is used.
+
+    Returns
+    -------
+    SnapshotView
+    """
+    st = snapshot.state
+    obj = np.asarray(st.object)
+    probe = np.asarray(st.probe)
+    history = np.asarray(st.fourier_error, dtype=np.float64).copy()
+    err = float(fourier_error)
+    if not math.isfinite(err) and history.size:
+        err = float(history[-1])
+    positions = np.asarray(st.positions_px, dtype=np.float64).reshape(-1, 2).copy()
+    return SnapshotView(
+        seq=int(snapshot.seq),
+        uid=str(uid),
+        phase=str(snapshot.phase),
+        object_amplitude=np.abs(obj).astype(np.float32),
+        object_phase=np.angle(obj).astype(np.float32),
+        probe_amplitude=np.abs(probe).astype(np.float32),
+        probe_phase=np.angle(probe).astype(np.float32),
+        positions_px=positions,
+        iteration=int(st.iteration),
+        patterns_received=int(snapshot.patterns_received),
+        patterns_in_use=int(snapshot.patterns_in_use),
+        fourier_error=err,
+        error_history=history,
+        progress=progress_percent(int(snapshot.patterns_received), expected),
+    )
+
+
+def resolve_inside(base: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
+    """Resolve ``path`` against ``base`` and insist that the result lies inside ``base``.
+
+    Parameters
+    ----------
+    base : str or path-like
+        The directory files may be written to.
+    path : str or path-like
+        A file name relative to ``base`` (sub-directories allowed), or an absolute path that
+        lies inside ``base``.
+
+    Returns
+    -------
+    Path
+        The absolute, resolved file path (symbolic links followed).
+
+    Raises
+    ------
+    ValueError
+        If ``base`` is empty, ``path`` is empty, or the resolved path is ``base`` itself or lies
+        outside it (``..`` components, an absolute path elsewhere, a symbolic link pointing out).
+    """
+    if not os.fspath(base):
+        raise ValueError("no output directory is configured (device property OutputDirectory)")
+    text = os.fspath(path).strip()
+    if not text:
+        raise ValueError("the path is empty; give a file name inside the output directory")
+    root = Path(base).expanduser().resolve()
+    target = (root / Path(text).expanduser()).resolve()
+    if target == root or not target.is_relative_to(root):
+        raise ValueError(
+            f"{text!r} resolves to {str(target)!r}, which is not a file inside the output "
+            f"directory {str(root)!r}; give a path inside it"
+        )
+    return target
