@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import IO, Any
 
 import msgpack
@@ -36,6 +37,7 @@ from bluesky.callbacks.zmq import Publisher, RemoteDispatcher
 __all__ = [
     "DocumentFeed",
     "ProxyProcess",
+    "Publication",
     "deserialize",
     "free_port",
     "make_publisher",
@@ -239,8 +241,33 @@ def make_publisher(address: str, prefix: bytes = b"", *, linger: float = 2.0) ->
     return publisher
 
 
-def publish(RE: Any, address: str = "127.0.0.1:5577", *, prefix: bytes = b"") -> int:
-    """Publish a RunEngine's documents to a 0MQ proxy, msgpack-encoded.
+@dataclass
+class Publication:
+    """A RunEngine publishing to a proxy: ``close()`` (or ``with``) unsubscribes and closes.
+
+    Close it explicitly: a bluesky ``Publisher`` left to the garbage collector terminates its
+    0MQ context from whatever thread collects it, which can block that thread.
+    """
+
+    RE: Any
+    token: int
+    publisher: Publisher
+
+    def close(self) -> None:
+        """Stop publishing and release the socket (bounded by the publisher's linger)."""
+        with contextlib.suppress(Exception):
+            self.RE.unsubscribe(self.token)
+        self.publisher.close()
+
+    def __enter__(self) -> Publication:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def publish(RE: Any, address: str = "127.0.0.1:5577", *, prefix: bytes = b"") -> Publication:
+    """Publish a RunEngine's documents to a 0MQ proxy, msgpack-encoded: the one-line RE side.
 
     Parameters
     ----------
@@ -253,15 +280,16 @@ def publish(RE: Any, address: str = "127.0.0.1:5577", *, prefix: bytes = b"") ->
 
     Returns
     -------
-    int
-        The subscription token (``RE.unsubscribe(token)`` stops publishing).
+    Publication
+        ``.token`` is the RunEngine subscription; ``.close()`` stops publishing.
 
     Notes
     -----
     0MQ drops what a PUB socket sends before its subscribers have joined (the "slow joiner"):
     documents emitted in the first few milliseconds after this call may be lost.
     """
-    return RE.subscribe(make_publisher(address, prefix=prefix))
+    publisher = make_publisher(address, prefix=prefix)
+    return Publication(RE=RE, token=RE.subscribe(publisher), publisher=publisher)
 
 
 # --------------------------------------------------------------------------------------------

@@ -360,8 +360,8 @@ def test_run_engine_documents_cross_the_proxy(
     RE = RunEngine({})
     local = Collector()
     RE.subscribe(local)
-    token = publish(RE, proxy.in_address, prefix=prefix)
-    assert isinstance(token, int)
+    publication = publish(RE, proxy.in_address, prefix=prefix)
+    assert isinstance(publication.token, int)
 
     remote = Collector()
     feed = feeds(proxy.out_address, remote, prefix=prefix)
@@ -383,7 +383,11 @@ def test_run_engine_documents_cross_the_proxy(
     assert not np.array_equal(frames[0], frames[1])
     assert feed.errors == 0, feed.last_error
 
-    RE.unsubscribe(token)
+    publication.close()
+    received = len(remote.docs)
+    RE(bp.count([det]))  # no longer published
+    time.sleep(0.3)
+    assert len(remote.docs) == received
 
 
 def test_pickle_payload_is_only_an_error(
