@@ -189,18 +189,23 @@ class AssetRegistry:
         handler_cls = self.handlers[locator.spec]
         if not os.path.exists(locator.path):
             raise AssetError(f"file {locator.path!r} of datum {locator.datum_id!r} not found")
-        try:
-            handler = handler_cls(locator.path, **locator.resource_kwargs)
-            try:  # handlers may return lazy (dask) arrays: read before closing
-                frame = np.asarray(handler(**locator.datum_kwargs))
-            finally:
-                close = getattr(handler, "close", None)
-                if callable(close):
-                    close()
-        except Exception as exc:
-            raise AssetError(
-                f"reading datum {locator.datum_id!r} from {locator.path!r} failed: {exc}"
-            ) from exc
+        for attempt in range(_FLUSH_RETRIES):
+            # a file still being written (or resized on unstage) can fail a read for a moment
+            try:
+                handler = handler_cls(locator.path, **locator.resource_kwargs)
+                try:  # handlers may return lazy (dask) arrays: read before closing
+                    frame = np.asarray(handler(**locator.datum_kwargs))
+                finally:
+                    close = getattr(handler, "close", None)
+                    if callable(close):
+                        close()
+                break
+            except Exception as exc:
+                if attempt == _FLUSH_RETRIES - 1:
+                    raise AssetError(
+                        f"reading datum {locator.datum_id!r} from {locator.path!r} failed: {exc}"
+                    ) from exc
+                time.sleep(_FLUSH_WAIT_S)
         return np.asarray(frame)
 
 
