@@ -26,7 +26,13 @@ from bluesky_ptycho.engine.state import ReconstructionState
 from bluesky_ptycho.geometry import ObjectFrame
 from bluesky_ptycho.io.assets import AssetError, AssetRegistry, DatumLocator, StreamLocator
 from bluesky_ptycho.io.result import write_result
-from bluesky_ptycho.live import LiveOptions, LiveReconstruction, LiveStatus, Snapshot
+from bluesky_ptycho.live import (
+    LiveOptions,
+    LiveReconstruction,
+    LiveStatus,
+    Snapshot,
+    lower_thread_priority,
+)
 from bluesky_ptycho.preprocess import PreprocessConfig, preprocess
 from bluesky_ptycho.setup import START_KEY, ScanSetup
 
@@ -409,6 +415,7 @@ class PtychoCallback(event_model.DocumentRouter):
 
     # ----------------------------------------------------------------- background work
     def _work(self) -> None:
+        lower_thread_priority(max(0, int(self.options.worker_nice) // 2))
         while True:
             job = self._jobs.get()
             if job is None:

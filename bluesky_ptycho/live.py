@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 from collections import deque
@@ -123,6 +124,10 @@ class LiveOptions:
         Engine array backend: ``"numpy"``, ``"cupy"`` or ``"array_api_strict"``.
     staging_chunk : int
         Frames per preallocated float32 staging chunk.
+    worker_nice : int
+        Scheduling niceness added to the worker thread (Linux; 0 = none). The reconstruction
+        then yields CPU to the RunEngine, detector and other processes when cores are scarce,
+        and still uses every idle cycle.
     """
 
     epie: EPIEOptions = field(default_factory=EPIEOptions)
@@ -132,6 +137,7 @@ class LiveOptions:
     final_passes: int = 20
     backend: str = "numpy"
     staging_chunk: int = 64
+    worker_nice: int = 10
 
     def __post_init__(self) -> None:
         if not isinstance(self.epie, EPIEOptions):
@@ -147,6 +153,8 @@ class LiveOptions:
             raise ValueError(f"final_passes must be >= 0, got {self.final_passes!r}")
         if int(self.staging_chunk) < 1:
             raise ValueError(f"staging_chunk must be >= 1, got {self.staging_chunk!r}")
+        if not 0 <= int(self.worker_nice) <= 19:
+            raise ValueError(f"worker_nice must be in 0..19, got {self.worker_nice!r}")
 
 
 @dataclass(frozen=True)
@@ -703,6 +711,7 @@ class LiveReconstruction:
             self._fault = fault
 
     def _worker_main(self) -> None:
+        lower_thread_priority(int(self._options.worker_nice))
         try:
             self._loop()
         except Exception as exc:  # a bug: report it, end the worker, keep the last good state
@@ -1028,6 +1037,21 @@ class LiveReconstruction:
 
 
 # ---------------------------------------------------------------------- helpers
+def lower_thread_priority(nice: int) -> bool:
+    """Make the calling thread nicer by ``nice`` (Linux threads have their own niceness).
+
+    Returns False where the platform does not allow it; nothing else changes then.
+    """
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return False
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except (OSError, AttributeError):
+        return False
+    return True
+
+
 def _divergence(state: ReconstructionState, err: float) -> str | None:
     """Why ``state`` (after a chunk with Fourier error ``err``) is diverged, or None.
 

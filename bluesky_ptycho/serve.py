@@ -154,11 +154,17 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         args.output_dir = str(out)
 
+    import logging
+
     from tango.server import run
 
     from bluesky_ptycho.tango_device import SERVER_NAME, PtychoReconstruction
     from bluesky_ptycho.transport import free_port
 
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     port = args.port if args.port is not None else free_port(args.host)
     properties = {
         "ZmqAddress": args.zmq,

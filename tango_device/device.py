@@ -383,7 +383,8 @@ class PtychoReconstruction(Device):
         )
         with self._lock:
             notes = list(self._notes)
-        problems = [*cb.reasons[-3:], *(live.messages[-3:] if live else ()), *notes[-3:]]
+        recent = [*cb.reasons[-3:], *(live.messages[-3:] if live else ()), *notes[-3:]]
+        problems = list(dict.fromkeys(recent))  # the callback reports rejections to both
         if problems:
             lines.append("recent problems:")
             lines.extend(f"  {p}" for p in problems)

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,7 @@ class TangoServer:
     db_file: Path
     output_dir: Path
     log_file: Path
+    instance: str = ""
     argv: list[str] = field(default_factory=list)
 
     @property
@@ -116,46 +117,66 @@ class ServerFactory:
         zmq: str | None = None,
         db_file: Path | None = None,
         output_dir: Path | None = None,
+        instance: str | None = None,
         extra: list[str] | None = None,
-        attempts: int = 3,
     ) -> TangoServer:
-        """Start a server on a free loopback port; wait (bounded) until it answers a ping."""
+        """``bluesky-ptycho serve`` on a free loopback port, answering a ping (bounded wait)."""
         self._count += 1
         work = self.root / f"server{self._count}"
-        work.mkdir(parents=True, exist_ok=True)
         out = output_dir or (work / "out")
         out.mkdir(parents=True, exist_ok=True)
         db = db_file or (work / "properties.db")
-        for attempt in range(attempts):
-            port = free_port()
-            argv = [
-                sys.executable,
-                "-m",
-                "bluesky_ptycho.serve",
-                "--port",
-                str(port),
-                "--device",
-                DEVICE,
-                "--instance",
-                f"test{self._count}",
-                "--output-dir",
-                str(out),
-                "--db-file",
-                str(db),
+        name = instance or f"test{self._count}"
+
+        def argv(port: int) -> list[str]:
+            return [
+                *("-m", "bluesky_ptycho.serve", "--port", str(port), "--device", DEVICE),
+                *("--instance", name, "--output-dir", str(out), "--db-file", str(db)),
                 *(["--zmq", zmq] if zmq else []),
                 *(extra or []),
             ]
+
+        return self.launch(argv, work=work, db_file=db, output_dir=out, instance=name)
+
+    def launch(
+        self,
+        argv: Callable[[int], list[str]],
+        *,
+        work: Path | None = None,
+        device: str = DEVICE,
+        db_file: Path | None = None,
+        output_dir: Path | None = None,
+        instance: str = "",
+        attempts: int = 3,
+    ) -> TangoServer:
+        """Run ``python *argv(port)`` on a free port until it answers (retrying a lost port)."""
+        if work is None:
+            self._count += 1
+            work = self.root / f"server{self._count}"
+        work.mkdir(parents=True, exist_ok=True)
+        for attempt in range(attempts):
+            port = free_port()
+            args = [sys.executable, *argv(port)]
             log_file = work / f"serve-{attempt}.log"
             with log_file.open("wb") as log:
                 proc = subprocess.Popen(
-                    argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+                    args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
                 )
-            server = TangoServer(proc, port, DEVICE, db, out, log_file, argv)
+            server = TangoServer(
+                proc,
+                port,
+                device,
+                db_file or work / "none.db",
+                output_dir or work,
+                log_file,
+                instance,
+                args,
+            )
             self.started.append(server)
             try:
                 _wait_until_answering(server, START_TIMEOUT)
                 return server
-            except RuntimeError:
+            except RuntimeError:  # exited: retry only if it lost its port to someone else
                 stop_pid(proc)
                 if attempt == attempts - 1 or "port" not in server.log().lower():
                     raise

@@ -598,3 +598,27 @@ def test_load_state_mid_run(small_dataset, make_live):
     assert state.iteration >= 105
     # continuing from the truth stays near it (the data are noisy, so not exactly on it)
     assert object_error(state.object, ds.object, region=_region(ds)) < 0.05
+
+
+def test_worker_thread_runs_nicer_than_its_caller():
+    import os
+    import threading
+
+    from bluesky_ptycho.live import lower_thread_priority
+
+    if not hasattr(os, "getpriority"):
+        pytest.skip("no per-thread niceness on this platform")
+    seen = {}
+
+    def probe():
+        seen["changed"] = lower_thread_priority(7)
+        seen["nice"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    t = threading.Thread(target=probe)
+    t.start()
+    t.join()
+    assert seen["changed"] is True
+    assert seen["nice"] == min(19, before + 7)
+    # the caller's own niceness is untouched
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
