@@ -169,8 +169,131 @@ def _demo_live(args: argparse.Namespace) -> int:
     return 0 if np.isfinite(error) else 1
 
 
+def _demo_tango(args: argparse.Namespace) -> int:
+    """The live demo across processes: RunEngine -> 0MQ proxy -> Tango device -> a client."""
+    import subprocess
+
+    import bluesky.plan_stubs as bps
+    import tango
+    from bluesky import RunEngine
+
+    from bluesky_ptycho.plans import spirangle_ptycho
+    from bluesky_ptycho.serve import device_addresses
+    from bluesky_ptycho.sim_beamline import make_beamline
+    from bluesky_ptycho.transport import ProxyProcess, free_port, publish
+
+    out = Path(args.output).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    device = "bluesky/ptycho/demo"
+    started: list[subprocess.Popen] = []
+    proxy = ProxyProcess()
+    try:
+        proxy.start()
+        print(f"0MQ proxy (pid {proxy.pid}): in {proxy.in_address}, out {proxy.out_address}")
+        port = free_port()
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bluesky_ptycho.serve",
+                "--port",
+                str(port),
+                "--device",
+                device,
+                "--zmq",
+                proxy.out_address,
+                "--output-dir",
+                str(out),
+                "--final-passes",
+                str(args.passes),
+                "--publish-period",
+                "0.5",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        started.append(server)
+        address, taurus_name = device_addresses("127.0.0.1", port, device)
+        print(f"Tango device server (pid {server.pid}): {address}\n  Taurus: {taurus_name}")
+        dev = tango.DeviceProxy(address)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                dev.ping()
+                break
+            except tango.DevFailed:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    print("the device server did not come up", file=sys.stderr)
+                    return 1
+                time.sleep(0.2)
+        dev.Start()
+
+        def show(event) -> None:
+            if event.err or event.attr_value is None:
+                return
+            print(
+                f"  event {event.attr_value.name}: PatternsReceived "
+                f"{dev.PatternsReceived:4d}  Iteration {dev.Iteration:3d}  "
+                f"FourierError {dev.FourierError:.4f}  Progress {dev.Progress:5.1f} %"
+            )
+
+        event_id = dev.subscribe_event("ObjectPhase", tango.EventType.CHANGE_EVENT, show)
+        RE = RunEngine({})
+        beamline = make_beamline(mode="inline", seed=args.seed)
+        preset = beamline.specimen.preset
+
+        def dwell(detectors, step, pos_cache):
+            yield from bps.one_nd_step(detectors, step, pos_cache)
+            yield from bps.sleep(args.dwell)
+
+        with publish(RE, proxy.in_address):
+            time.sleep(0.5)  # 0MQ slow joiner: let the subscription reach the proxy
+            (uid,) = RE(
+                spirangle_ptycho(
+                    [beamline.detector],
+                    beamline.x_motor,
+                    beamline.y_motor,
+                    setup=beamline.setup(),
+                    n_side=preset.n_rows,
+                    step=preset.step_m / beamline.position_scale_m,
+                    per_step=dwell,
+                )
+            )
+        print(f"scan {uid[:8]} done; waiting for the final passes")
+        deadline = time.monotonic() + 300
+        while dev.RunPhase not in ("finished", "stopped", "fault"):
+            if time.monotonic() > deadline:
+                print("the reconstruction did not finish in time", file=sys.stderr)
+                return 1
+            time.sleep(0.2)
+        dev.unsubscribe_event(event_id)
+        print(
+            f"final: {dev.PatternsReceived} patterns, {dev.Iteration} passes, "
+            f"FourierError {dev.FourierError:.4f}, state {dev.State()}, status: {dev.Status()}"
+        )
+        return 0
+    finally:
+        for proc in started:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        proxy.stop()
+        print("stopped the device server and the proxy")
+
+
 def _demo(args: argparse.Namespace) -> int:
+    if args.tango:
+        return _demo_tango(args)
     return _demo_offline(args) if args.offline else _demo_live(args)
+
+
+def _serve(args: argparse.Namespace, rest: list[str]) -> int:
+    from bluesky_ptycho.serve import serve_main
+
+    return int(serve_main(rest))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -184,13 +307,25 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--dwell", type=float, default=0.05, help="seconds per scan point")
     demo.add_argument("--offline", action="store_true", help="no RunEngine: engine only")
+    demo.add_argument(
+        "--tango", action="store_true", help="via a 0MQ proxy and a Tango device server process"
+    )
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     demo.set_defaults(func=_demo)
+    serve = sub.add_parser(
+        "serve",
+        help="run the PtychoReconstruction Tango device server (database-free)",
+        add_help=False,
+    )
+    serve.set_defaults(func=None)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``bluesky-ptycho`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:  # the server parses its own options (see bluesky_ptycho.serve)
+        return _serve(argparse.Namespace(), argv[1:])
     args = _parser().parse_args(argv)
     return int(args.func(args))
 

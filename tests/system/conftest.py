@@ -160,7 +160,11 @@ class ServerFactory:
             log_file = work / f"serve-{attempt}.log"
             with log_file.open("wb") as log:
                 proc = subprocess.Popen(
-                    args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+                    args,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env={**os.environ, "PYTHONFAULTHANDLER": "1"},  # SIGABRT dumps tracebacks
                 )
             server = TangoServer(
                 proc,

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -265,7 +267,11 @@ def scan(server: TangoServer, dev: Any, zmq_proxy: ProxyProcess, subscribe: Subs
         def finished() -> bool:
             return dev.ScanUid == uid and dev.RunPhase == "finished" and dev.state() != RUNNING
 
-        assert wait_for(finished), dev.status()
+        if not wait_for(finished):
+            status = dev.status()
+            os.kill(server.pid, signal.SIGABRT)  # PYTHONFAULTHANDLER: dump every thread's stack
+            server.proc.wait(10)
+            pytest.fail(f"the run did not finish: {status}\n--- server log:\n{server.log()}")
     finally:
         publication.close()  # a Publisher left to the garbage collector can hang at exit
     return Scan(server, zmq_proxy, bl, uid, docs, t_start, t_end, phase_events, ready_events, mid)

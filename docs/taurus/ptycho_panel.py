@@ -1,0 +1,101 @@
+"""A ready Taurus panel for the ``PtychoReconstruction`` Tango device.
+
+Object phase, probe amplitude and the error history as live images and a curve (taurus_pyqtgraph),
+next to a TaurusForm with the scalars, the steering attributes and the commands.
+
+    pip install "bluesky-ptycho[gui]"
+    python docs/taurus/ptycho_panel.py tango-nodb://127.0.0.1:PORT/ptycho/recon/1
+    # headless, one screenshot:
+    QT_QPA_PLATFORM=offscreen python docs/taurus/ptycho_panel.py DEVICE --screenshot panel.png
+
+``DEVICE`` is the device's Taurus name: ``tango-nodb://host:port/dom/fam/member`` for a
+database-free server (as ``bluesky-ptycho serve`` prints it), ``tango://dom/fam/member`` with a
+Tango database. The quick alternative without this file:
+``taurus form DEVICE/Iteration DEVICE/PatternsReceived DEVICE/FourierError DEVICE/Progress``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+SCALARS = (
+    "State",
+    "Status",
+    "ScanUid",
+    "Progress",
+    "PatternsReceived",
+    "PatternsInUse",
+    "Iteration",
+    "FourierError",
+    "IterationsPerBatch",
+    "Alpha",
+    "Beta",
+    "PublishPeriod",
+)
+
+
+def build_panel(device: str):
+    """The panel widget for ``device`` (a Taurus device name)."""
+    import pyqtgraph as pg
+    from taurus.external.qt import Qt
+    from taurus.qt.qtgui.panel import TaurusForm
+    from taurus_pyqtgraph import TaurusPlot
+    from taurus_pyqtgraph.taurusimageitem import TaurusImageItem
+
+    window = Qt.QWidget()
+    window.setWindowTitle(f"bluesky-ptycho: {device}")
+    layout = Qt.QGridLayout(window)
+    window.taurus_items = []  # Taurus keeps listeners weakly: hold them here
+
+    for col, (attr, colormap) in enumerate(
+        (("ObjectPhase", "viridis"), ("ProbeAmplitude", "inferno"))
+    ):
+        view = pg.PlotWidget(title=attr)
+        view.setAspectLocked(True)
+        view.invertY(True)
+        item = TaurusImageItem()
+        item.setColorMap(pg.colormap.get(colormap))
+        item.setModel(f"{device}/{attr}")
+        view.addItem(item)
+        window.taurus_items.append(item)
+        layout.addWidget(view, 0, col)
+
+    errors = TaurusPlot()
+    errors.setModel([f"{device}/ErrorHistory"])
+    errors.setTitle("Fourier error per pass")
+    errors.setLogMode(y=True)
+    layout.addWidget(errors, 1, 0)
+
+    form = TaurusForm()
+    form.setModel([f"{device}/{name}" for name in SCALARS])
+    layout.addWidget(form, 1, 1)
+    window.resize(1100, 800)
+    return window
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("device", help="Taurus device name, e.g. tango-nodb://host:port/d/f/m")
+    parser.add_argument("--screenshot", help="render once after --wait seconds, save, exit")
+    parser.add_argument("--wait", type=float, default=3.0)
+    args = parser.parse_args(argv)
+
+    from taurus.external.qt import Qt
+    from taurus.qt.qtgui.application import TaurusApplication
+
+    app = TaurusApplication(cmd_line_parser=None, app_name="bluesky-ptycho-panel")
+    panel = build_panel(args.device)
+    panel.show()
+    if args.screenshot:
+
+        def grab() -> None:
+            panel.grab().save(args.screenshot)
+            app.quit()
+
+        Qt.QTimer.singleShot(int(args.wait * 1000), grab)
+    return app.exec_()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
