@@ -162,6 +162,7 @@ class PtychoReconstruction(Device):
         self._feed: Any = None
         self._replay_thread: threading.Thread | None = None
         self._replay_cancel = threading.Event()
+        self._stopped: LiveReconstruction | None = None  # the reconstruction Stop ended
         self._fault: str | None = None
         self._notes: deque[str] = deque(maxlen=_MAX_NOTES)
         self._pushes = 0
@@ -334,6 +335,8 @@ class PtychoReconstruction(Device):
             return DevState.FAULT, f"document feed stopped: {feed.last_error or 'no reason given'}"
         live = self._callback.live
         status = live.status if live is not None else None
+        if live is not None and live is self._stopped:
+            status = None  # Stop was requested: it ends at its next step, whatever it says now
         if status is not None and status.phase == "fault":
             return DevState.FAULT, f"reconstruction fault: {status.fault}"
         if status is not None and status.phase in _ACTIVE_PHASES:
@@ -727,10 +730,11 @@ class PtychoReconstruction(Device):
         live = self._callback.live
         if live is not None and live.status.phase in _STEERABLE_PHASES:
             live.stop()
-            try:
+            self._stopped = live
+            try:  # usually at once; a starved worker ends later (the state is ON anyway)
                 live.wait(timeout=_JOIN_S)
             except (TimeoutError, RuntimeError) as exc:
-                self._note(f"Stop: {exc}")
+                logger.info("Stop: %s", exc)
         with self._lock:
             self._fault = None
 
