@@ -472,19 +472,38 @@ def test_reset_drops_the_reconstruction(scan: Scan, dev: Any, subscribe: Subscri
     assert dev.Alpha == alpha  # the settings stay
 
 
-def test_replay_a_file(dev: Any, server: TangoServer, small_dataset: Any, tmp_path: Path) -> None:
-    bring_to(dev, DevState.ON)
+@pytest.fixture(scope="module")
+def cxi_scan(small_dataset: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
     g = small_dataset.geometry
-    path = write_cxi(
-        tmp_path / "scan.cxi",
+    return write_cxi(
+        tmp_path_factory.mktemp("cxi") / "scan.cxi",
         small_dataset.intensities,
         small_dataset.positions_m,
         energy_eV=g.energy_eV,
         detector_distance_m=g.detector_distance_m,
         detector_pixel_m=g.detector_pixel_m,
     )
+
+
+def test_stop_while_running_keeps_the_data(dev: Any, cxi_scan: Path) -> None:
+    bring_to(dev, DevState.ON)
+    dev.Replay(str(cxi_scan))
+
+    def reconstructing() -> bool:
+        return dev.state() == RUNNING and dev.PatternsReceived > 0
+
+    assert wait_for(reconstructing, timeout=30, interval=0.01), dev.status()
+    dev.Stop()
+    assert dev.state() == DevState.ON, dev.status()
+    assert wait_for(lambda: dev.RunPhase == "stopped", timeout=30), dev.status()
+    assert dev.PatternsReceived > 0 and np.size(dev.ObjectPhase) > 0  # kept
+    assert dev.state() == DevState.ON
+
+
+def test_replay_a_file(dev: Any, small_dataset: Any, cxi_scan: Path) -> None:
+    bring_to(dev, DevState.ON)
     n = small_dataset.intensities.shape[0]
-    dev.Replay(str(path))
+    dev.Replay(str(cxi_scan))
     assert wait_for(lambda: dev.RunPhase == "finished" and dev.state() == DevState.ON), dev.status()
     assert dev.PatternsReceived == n and dev.Progress == pytest.approx(100.0)
     assert dev.Iteration >= FINAL_PASSES and len(dev.ScanUid) > 0
