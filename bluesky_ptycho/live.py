@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from bluesky_ptycho.engine.epie import EPIE, EPIEOptions
+from bluesky_ptycho.engine.epie import EPIE, EPIEOptions, positive_pair
 from bluesky_ptycho.engine.state import ReconstructionState
 
 __all__ = [
@@ -315,8 +315,8 @@ class LiveReconstruction:
         opts = options if options is not None else LiveOptions()
         if not isinstance(opts, LiveOptions):
             raise TypeError(f"options must be a LiveOptions, got {type(opts).__name__}")
-        oshape = _pair(object_shape, "object_shape")
-        pshape = _pair(probe_shape, "probe_shape")
+        oshape = positive_pair(object_shape, "object_shape")
+        pshape = positive_pair(probe_shape, "probe_shape")
         if probe is not None and tuple(np.shape(probe)) != pshape:
             raise ValueError(f"probe has shape {tuple(np.shape(probe))}, probe_shape is {pshape}")
         self._name = str(name)
@@ -1078,13 +1078,3 @@ def _check_period(value: float) -> None:
         v = math.nan
     if not (math.isfinite(v) and v >= 0):
         raise ValueError(f"publish_period_s must be a finite number >= 0, got {value!r}")
-
-
-def _pair(value: Any, name: str) -> tuple[int, int]:
-    try:
-        a, b = (int(v) for v in value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a pair of integers, got {value!r}") from None
-    if a <= 0 or b <= 0:
-        raise ValueError(f"{name} must be positive, got {(a, b)}")
-    return a, b

@@ -28,7 +28,14 @@ from bluesky_ptycho.engine.forward import integer_positions
 from bluesky_ptycho.engine.state import ReconstructionState
 from bluesky_ptycho.engine.store import PatternStore
 
-__all__ = ["EPIE", "EPIEOptions", "default_probe", "reconstruct", "scale_probe"]
+__all__ = [
+    "EPIE",
+    "EPIEOptions",
+    "default_probe",
+    "positive_pair",
+    "reconstruct",
+    "scale_probe",
+]
 
 
 @dataclass(frozen=True)
@@ -152,7 +159,7 @@ class EPIE:
         else:
             self._be = get_backend("numpy")
         xp = self._be.xp
-        shape = _pair(object_shape, "object_shape")
+        shape = positive_pair(object_shape, "object_shape")
         self._object_shape = shape
         if object is None:
             self._object = xp.ones(shape, dtype=xp.complex64)
@@ -170,7 +177,7 @@ class EPIE:
             self._set_probe_shape(tuple(p.shape))
             self._probe = p
         elif probe_shape is not None:
-            self._set_probe_shape(_pair(probe_shape, "probe_shape"))
+            self._set_probe_shape(positive_pair(probe_shape, "probe_shape"))
         self._store: PatternStore | None = None
         if self._probe_shape is not None:
             self._store = PatternStore(self._be, self._probe_shape)
@@ -527,7 +534,7 @@ class EPIE:
 
     # ------------------------------------------------------------------ helpers
     def _set_probe_shape(self, shape: tuple[int, ...]) -> None:
-        ps = _pair(shape, "probe shape")
+        ps = positive_pair(shape, "probe shape")
         if ps[0] > self._object_shape[0] or ps[1] > self._object_shape[1]:
             raise ValueError(f"probe shape {ps} does not fit in the object {self._object_shape}")
         self._probe_shape = ps
@@ -546,7 +553,8 @@ class EPIE:
         return arr
 
 
-def _pair(value: Any, name: str) -> tuple[int, int]:
+def positive_pair(value: Any, name: str) -> tuple[int, int]:
+    """``value`` as a pair of positive integers; ``ValueError`` naming ``name`` otherwise."""
     try:
         a, b = (int(v) for v in value)
     except (TypeError, ValueError):
