@@ -485,9 +485,24 @@ def cxi_scan(small_dataset: Any, tmp_path_factory: pytest.TempPathFactory) -> Pa
     )
 
 
-def test_stop_while_running_keeps_the_data(dev: Any, cxi_scan: Path) -> None:
+@pytest.fixture(scope="module")
+def long_cxi_scan(small_dataset: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The scan ten times over (810 frames): a replay that keeps the device RUNNING for a while,
+    so that Stop reliably lands while it reconstructs."""
+    g = small_dataset.geometry
+    return write_cxi(
+        tmp_path_factory.mktemp("cxi-long") / "long.cxi",
+        np.tile(small_dataset.intensities, (10, 1, 1)),
+        np.tile(small_dataset.positions_m, (10, 1)),
+        energy_eV=g.energy_eV,
+        detector_distance_m=g.detector_distance_m,
+        detector_pixel_m=g.detector_pixel_m,
+    )
+
+
+def test_stop_while_running_keeps_the_data(dev: Any, long_cxi_scan: Path) -> None:
     bring_to(dev, DevState.ON)
-    dev.Replay(str(cxi_scan))
+    dev.Replay(str(long_cxi_scan))
 
     def reconstructing() -> bool:
         return dev.state() == RUNNING and dev.PatternsReceived > 0

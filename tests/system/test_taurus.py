@@ -7,8 +7,8 @@ import time
 import numpy as np
 import pytest
 from bluesky import RunEngine
-
 from bluesky_ptycho.plans import spirangle_ptycho
+
 from bluesky_ptycho.sim_beamline import make_beamline
 from bluesky_ptycho.transport import publish
 
