@@ -26,7 +26,7 @@ from bluesky import RunEngine
 from bluesky_ptycho.plans import spirangle_ptycho
 
 from bluesky_ptycho.callback import PtychoCallback
-from bluesky_ptycho.live import LiveOptions
+from bluesky_ptycho.live import LiveOptions, PacingPolicy
 from bluesky_ptycho.sim_beamline import make_beamline
 from bluesky_ptycho.simulate import study_offline_preset
 
@@ -138,6 +138,11 @@ def main() -> None:
     parser.add_argument("--side", type=int, default=45, help="spirangle side (45: 2,025 frames)")
     parser.add_argument("--size", type=int, default=256, help="frame size in pixels")
     parser.add_argument("--final-passes", type=int, default=5)
+    parser.add_argument(
+        "--no-iterations-during-scan",
+        action="store_true",
+        help="pacing that waits for the stop: measures document handling and ingest alone",
+    )
     args = parser.parse_args()
     preset = _preset(args.side, args.size)
     n = args.side**2
@@ -150,6 +155,10 @@ def main() -> None:
 
     beamline = make_beamline(preset, mode="inline", seed=0)
     options = LiveOptions(final_passes=args.final_passes)
+    if args.no_iterations_during_scan:
+        options = dataclasses.replace(
+            options, pacing=PacingPolicy(mode="batch", passes_per_batch=0.0)
+        )
     cb = PtychoCallback(options=options)
     lat = _Latency(cb)
     cb.add_observer(lat.observe)
