@@ -5,6 +5,7 @@ The engine core (:mod:`bluesky_ptycho.engine`) knows nothing of Bluesky or Tango
 """
 
 from bluesky_ptycho.engine import EPIE, EPIEOptions, ReconstructionState, reconstruct
+from bluesky_ptycho.setup import ScanSetup
 
-__all__ = ["EPIE", "EPIEOptions", "ReconstructionState", "reconstruct"]
+__all__ = ["EPIE", "EPIEOptions", "ReconstructionState", "ScanSetup", "reconstruct"]
 __version__ = "0.1.0"

@@ -36,7 +36,7 @@ from bluesky_ptycho.live import (
 from bluesky_ptycho.preprocess import PreprocessConfig, preprocess
 from bluesky_ptycho.setup import START_KEY, ScanSetup
 
-__all__ = ["CallbackStatus", "PtychoCallback"]
+__all__ = ["CallbackStatus", "PtychoCallback", "ScanSetup"]
 
 logger = logging.getLogger(__name__)
 
