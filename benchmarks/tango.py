@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -32,10 +31,10 @@ import tango
 from bluesky import RunEngine
 from bluesky_ptycho.plans import spirangle_ptycho
 
-from bluesky_ptycho.serve import device_addresses
+from bluesky_ptycho.serve import ServerProcess
 from bluesky_ptycho.sim_beamline import make_beamline
 from bluesky_ptycho.simulate import small_preset
-from bluesky_ptycho.transport import ProxyProcess, free_port, publish
+from bluesky_ptycho.transport import ProxyProcess, publish
 
 DEVICE = "bench/ptycho/1"
 
@@ -61,35 +60,12 @@ def main() -> None:
     args = parser.parse_args()
     out = tempfile.mkdtemp(prefix="ptycho-bench-")
     proxy = ProxyProcess().start()
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "bluesky_ptycho.serve",
-            "--port",
-            str(port),
-            "--device",
-            DEVICE,
-            "--zmq",
-            proxy.out_address,
-            "--output-dir",
-            out,
-            "--final-passes",
-            "5",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    server = ServerProcess(
+        DEVICE, ["--zmq", proxy.out_address, "--output-dir", out, "--final-passes", "5"]
     )
     try:
-        address, _ = device_addresses("127.0.0.1", port, DEVICE)
-        dev = tango.DeviceProxy(address)
-        for _ in range(300):
-            try:
-                dev.ping()
-                break
-            except tango.DevFailed:
-                time.sleep(0.2)
+        address = server.address
+        dev = server.proxy()
         dev.Start()
         events: list[float] = []
         eid = dev.subscribe_event(
@@ -158,11 +134,7 @@ def main() -> None:
             f"({rate:.2f} per s; publish period {dev.PublishPeriod:.2f} s)"
         )
     finally:
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        server.stop()
         proxy.stop()
 
 

@@ -171,35 +171,25 @@ def _demo_live(args: argparse.Namespace) -> int:
 
 def _demo_tango(args: argparse.Namespace) -> int:
     """The live demo across processes: RunEngine -> 0MQ proxy -> Tango device -> a client."""
-    import subprocess
-
     import bluesky.plan_stubs as bps
     import tango
     from bluesky import RunEngine
 
     from bluesky_ptycho.plans import spirangle_ptycho
-    from bluesky_ptycho.serve import device_addresses
+    from bluesky_ptycho.serve import ServerProcess
     from bluesky_ptycho.sim_beamline import make_beamline
-    from bluesky_ptycho.transport import ProxyProcess, free_port, publish
+    from bluesky_ptycho.transport import ProxyProcess, publish
 
     out = Path(args.output).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    device = "bluesky/ptycho/demo"
-    started: list[subprocess.Popen] = []
+    server: ServerProcess | None = None
     proxy = ProxyProcess()
     try:
         proxy.start()
         print(f"0MQ proxy (pid {proxy.pid}): in {proxy.in_address}, out {proxy.out_address}")
-        port = free_port()
-        server = subprocess.Popen(
+        server = ServerProcess(
+            "bluesky/ptycho/demo",
             [
-                sys.executable,
-                "-m",
-                "bluesky_ptycho.serve",
-                "--port",
-                str(port),
-                "--device",
-                device,
                 "--zmq",
                 proxy.out_address,
                 "--output-dir",
@@ -209,23 +199,16 @@ def _demo_tango(args: argparse.Namespace) -> int:
                 "--publish-period",
                 "0.5",
             ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
         )
-        started.append(server)
-        address, taurus_name = device_addresses("127.0.0.1", port, device)
-        print(f"Tango device server (pid {server.pid}): {address}\n  Taurus: {taurus_name}")
-        dev = tango.DeviceProxy(address)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                dev.ping()
-                break
-            except tango.DevFailed:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    print("the device server did not come up", file=sys.stderr)
-                    return 1
-                time.sleep(0.2)
+        print(
+            f"Tango device server (pid {server.pid}): {server.address}\n"
+            f"  Taurus: {server.taurus_name}"
+        )
+        try:
+            dev = server.proxy()
+        except RuntimeError as exc:
+            print(exc, file=sys.stderr)
+            return 1
         dev.Start()
 
         def show(event) -> None:
@@ -273,13 +256,8 @@ def _demo_tango(args: argparse.Namespace) -> int:
         )
         return 0
     finally:
-        for proc in started:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if server is not None:
+            server.stop()
         proxy.stop()
         print("stopped the device server and the proxy")
 

@@ -17,13 +17,15 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["device_addresses", "serve_main", "write_property_file"]
+__all__ = ["ServerProcess", "device_addresses", "serve_main", "write_property_file"]
 
 DEFAULT_DEVICE = "bluesky/ptycho/1"
 DEFAULT_INSTANCE = "ptycho"
@@ -127,6 +129,71 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-v", "--verbose", type=int, default=None, help="Tango trace level (1-5)")
     return p
+
+
+class ServerProcess:
+    """``bluesky-ptycho serve`` as a subprocess on loopback, for demos and benchmarks.
+
+    Parameters
+    ----------
+    device : str
+        Device name ``dom/fam/member``.
+    options : sequence of str
+        Further ``serve`` options (``--zmq``, ``--output-dir``, ...).
+    port : int, optional
+        TCP port; default a free one.
+    """
+
+    def __init__(self, device: str, options: Sequence[str] = (), port: int | None = None):
+        from bluesky_ptycho.transport import free_port
+
+        self.device = device
+        self.port = free_port() if port is None else int(port)
+        self.address, self.taurus_name = device_addresses("127.0.0.1", self.port, device)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bluesky_ptycho.serve",
+                "--port",
+                str(self.port),
+                "--device",
+                device,
+                *options,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def proxy(self, timeout: float = 60.0) -> Any:
+        """A ``DeviceProxy`` once the device answers a ping; ``RuntimeError`` otherwise."""
+        import tango
+
+        dev = tango.DeviceProxy(self.address)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                dev.ping()
+                return dev
+            except tango.DevFailed as exc:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"the device server at {self.address} did not come up"
+                    ) from exc
+                time.sleep(0.2)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Terminate the server by its pid (kill if it does not end in time)."""
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def serve_main(argv: Sequence[str] | None = None) -> int:
