@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-import bluesky_ptycho.live as live_module
+import bluesky_ptycho.live.reconstruction as reconstruction_module
 from bluesky_ptycho.engine import EPIE, EPIEOptions, ReconstructionState
 from bluesky_ptycho.live import (
     LiveOptions,
@@ -482,7 +482,7 @@ def test_divergence_rolls_back_and_faults_until_resume(small_dataset, make_live,
                 self._object[10:13, 10:13] = np.nan  # what a numerical blow-up leaves
             return done
 
-    monkeypatch.setattr(live_module, "EPIE", DivergingEPIE)
+    monkeypatch.setattr(reconstruction_module, "EPIE", DivergingEPIE)
     live = make_live(PacingPolicy(mode="free", chunk_updates=16), publish_period_s=0.0)
     rec = _Recorder()
     live.add_observer(rec)
