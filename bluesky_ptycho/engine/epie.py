@@ -24,11 +24,16 @@ from typing import Any
 import numpy as np
 
 from bluesky_ptycho.backend import Backend, backend_for, get_backend, to_numpy
+from bluesky_ptycho.engine import constraints
 from bluesky_ptycho.engine.forward import integer_positions
+from bluesky_ptycho.engine.probes import ProbeInit, make_start_probe
 from bluesky_ptycho.engine.state import ReconstructionState
 from bluesky_ptycho.engine.store import PatternStore
 
+ALGORITHMS = ("epie", "rpie", "mpie")
+
 __all__ = [
+    "ALGORITHMS",
     "EPIE",
     "EPIEOptions",
     "default_probe",
@@ -56,7 +61,33 @@ class EPIEOptions:
         Honour fractional positions by shifting the probe with a Fourier phase ramp (two more
         FFTs per update). Otherwise positions are rounded to the nearest pixel.
     probe_fwhm_fraction : float
-        FWHM of the default Gaussian probe as a fraction of the frame size.
+        FWHM of the Gaussian starting probe as a fraction of the frame size.
+    algorithm : {"epie", "rpie", "mpie"}
+        The update step. ``"epie"`` is the study's (Maiden & Rodenburg 2009). ``"rpie"``
+        regularises the object update, ``conj(P) dpsi / ((1 - a)|P|^2 + a max|P|^2)`` with
+        ``a = rpie_alpha`` (Maiden, Johnson & Li 2017), so dimly lit object pixels take larger
+        steps. ``"mpie"`` is rPIE plus momentum: every ``mpie_interval`` updates object and
+        probe move on by ``mpie_eta`` times their accumulated velocity.
+    rpie_alpha : float
+        The rPIE regulariser ``a`` in (0, 1]; 1 is ePIE's object step.
+    mpie_eta, mpie_interval : float, int
+        Momentum friction and the number of updates between momentum steps (mPIE).
+    probe_power : bool
+        Hold ``sum(|P|**2)`` to the measured mean counts after every chunk of updates, scaling
+        the object inversely (the global factor the data cannot fix).
+    probe_centre : bool
+        Keep the probe's intensity centroid at the array centre, moving the object with it
+        (whole pixels, no wrap); see :func:`~bluesky_ptycho.engine.constraints.centre_probe`.
+    probe_support : float or None
+        Radius of a disc, as a fraction of the frame size, outside which the probe is zeroed
+        after every chunk of updates (None: no support).
+    object_amplitude_max : float or None
+        Bound of the object's amplitude (None: unbounded). Meaningful only when the probe power
+        is held to the counts, so that an empty-beam transmission is 1.
+    validation_every : int
+        Hold every ``k``-th pattern out of the updates (pattern ``j`` with ``j % k == k // 2``)
+        and report the Fourier error the model predicts for them
+        (:meth:`EPIE.validation_error`): a cross-validated "did it work" signal. 0: none held.
     """
 
     alpha: float = 1.0
@@ -66,6 +97,15 @@ class EPIEOptions:
     eps: float = 1e-4
     subpixel: bool = False
     probe_fwhm_fraction: float = 0.125
+    algorithm: str = "epie"
+    rpie_alpha: float = 0.1
+    mpie_eta: float = 0.7
+    mpie_interval: int = 50
+    probe_power: bool = True
+    probe_centre: bool = True
+    probe_support: float | None = None
+    object_amplitude_max: float | None = None
+    validation_every: int = 0
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.alpha) and 0.0 < self.alpha <= 2.0):
@@ -79,6 +119,28 @@ class EPIEOptions:
         if not 0.0 < self.probe_fwhm_fraction <= 1.0:
             raise ValueError(
                 f"probe_fwhm_fraction must be in (0, 1], got {self.probe_fwhm_fraction!r}"
+            )
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
+        if not (math.isfinite(self.rpie_alpha) and 0.0 < self.rpie_alpha <= 1.0):
+            raise ValueError(f"rpie_alpha must be in (0, 1], got {self.rpie_alpha!r}")
+        if not (math.isfinite(self.mpie_eta) and 0.0 <= self.mpie_eta < 1.0):
+            raise ValueError(f"mpie_eta must be in [0, 1), got {self.mpie_eta!r}")
+        if int(self.mpie_interval) < 1:
+            raise ValueError(f"mpie_interval must be >= 1, got {self.mpie_interval!r}")
+        if self.probe_support is not None and not (
+            math.isfinite(self.probe_support) and 0.0 < self.probe_support <= 1.0
+        ):
+            raise ValueError(f"probe_support must be in (0, 1], got {self.probe_support!r}")
+        if self.object_amplitude_max is not None and not (
+            math.isfinite(self.object_amplitude_max) and self.object_amplitude_max > 0
+        ):
+            raise ValueError(
+                f"object_amplitude_max must be positive, got {self.object_amplitude_max!r}"
+            )
+        if int(self.validation_every) < 0 or int(self.validation_every) == 1:
+            raise ValueError(
+                f"validation_every must be 0 (off) or >= 2, got {self.validation_every!r}"
             )
 
 
@@ -122,9 +184,12 @@ class EPIE:
     object_shape : (int, int)
         Shape of the object array, fixed for the reconstruction's life (see
         :meth:`bluesky_ptycho.geometry.Geometry.object_frame`).
-    probe : array, optional
-        Initial probe ``(N, N)``. Default: a Gaussian with flat phase, made at the first
-        :meth:`add` and scaled to the mean counts of those patterns.
+    probe : array, ProbeInit, str or dict, optional
+        Initial probe ``(N, N)``, or how to make one from the data
+        (:class:`~bluesky_ptycho.engine.probes.ProbeInit`, its kind name or a dict of its
+        fields). Default ``"auto"``: made from the patterns held at the first update (the
+        bright-field pupil with the defocus the shadow images show, or the Gaussian when the
+        data show neither) and scaled to their mean counts; see :attr:`probe_origin`.
     options : EPIEOptions, optional
     probe_shape : (int, int), optional
         Frame shape, when no probe is given; otherwise taken from the first frames added.
@@ -150,6 +215,13 @@ class EPIE:
         backend: str | Backend | None = None,
     ) -> None:
         self._options = options if options is not None else EPIEOptions()
+        self._probe_init: ProbeInit | None = None
+        if probe is None or isinstance(probe, (ProbeInit, str, dict)):
+            self._probe_init = ProbeInit.parse(probe)
+            probe = None
+            if self._probe_init.kind == "array":
+                probe = self._probe_init.array
+                self._probe_init = None
         if isinstance(backend, Backend):
             self._be = backend
         elif backend is not None:
@@ -170,7 +242,9 @@ class EPIE:
             self._object = o
         self._probe: Any = None
         self._probe_shape: tuple[int, int] | None = None
+        self._probe_origin = "none yet"
         if probe is not None:
+            self._probe_origin = "given"
             p = self._asarray(probe, xp.complex64)
             if p.ndim != 2:
                 raise ValueError(f"probe must be 2-D, got shape {tuple(p.shape)}")
@@ -190,6 +264,9 @@ class EPIE:
         self._pass_num = 0.0
         self._pass_den = 0.0
         self._kernel: Any = None
+        self._support: Any = None
+        self._momentum: dict[str, Any] | None = None
+        self._since_momentum = 0
 
     # ------------------------------------------------------------------ properties
     @property
@@ -232,6 +309,20 @@ class EPIE:
     def pattern_updates(self) -> int:
         """Single-pattern updates done so far."""
         return self._pattern_updates
+
+    @property
+    def probe_origin(self) -> str:
+        """How the starting probe was made (``"given"``, or the description of a ProbeInit)."""
+        return self._probe_origin
+
+    @property
+    def held_out(self) -> np.ndarray:
+        """Boolean per pattern: True for those held out of the updates (validation)."""
+        k = int(self._options.validation_every)
+        idx = np.arange(self.n_patterns)
+        if k < 2:
+            return np.zeros(idx.size, dtype=bool)
+        return idx % k == k // 2
 
     @property
     def nbytes_per_pattern(self) -> float:
@@ -322,15 +413,6 @@ class EPIE:
         if self._probe_shape is None:
             self._set_probe_shape(frame_shape)
             self._store = PatternStore(self._be, frame_shape)
-        if self._probe is None:
-            counts = np.clip(frames, 0, None).astype(np.float64)
-            if m is not None:
-                counts = np.where(m, 0.0, counts)
-            total = float(np.mean(np.sum(counts, axis=(1, 2))))
-            fwhm = self._options.probe_fwhm_fraction * frame_shape[0]
-            self._probe = self._asarray(
-                default_probe(frame_shape, fwhm, max(total, 1.0)), self._be.xp.complex64
-            )
         assert self._store is not None
         return self._store.append(frames, pos, m)
 
@@ -380,7 +462,13 @@ class EPIE:
         if self.n_patterns == 0 or max_updates <= 0:
             return 0
         if self._pass_next >= self._pass_order.size:
-            self._pass_order = self._rng.permutation(self.n_patterns)
+            order = self._rng.permutation(self.n_patterns)
+            held = self.held_out
+            if held.any():
+                order = order[~held[order]]
+                if order.size == 0:
+                    return 0
+            self._pass_order = order
             self._pass_next = 0
             self._pass_num = 0.0
             self._pass_den = 0.0
@@ -411,6 +499,9 @@ class EPIE:
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size and (idx.min() < 0 or idx.max() >= self.n_patterns):
             raise ValueError(f"pattern indices must be in [0, {self.n_patterns}), got {idx}")
+        held = self.held_out
+        if idx.size and held.any():
+            idx = idx[~held[idx]]
         if idx.size == 0:
             return float("nan")
         num, den = self._run(idx)
@@ -426,14 +517,132 @@ class EPIE:
         self._store.reserve(int(n_patterns))
 
     def _run(self, indices: np.ndarray) -> tuple[float, float]:
-        assert self._store is not None and self._probe is not None
+        assert self._store is not None
+        self._ensure_probe()
         opts = self._options
         update_probe = opts.beta > 0 and self._iteration >= opts.probe_update_start
         kernel = self._get_kernel()
-        num, den = kernel.run(indices, update_probe)
+        if opts.algorithm == "mpie":
+            num = den = 0.0
+            interval = int(opts.mpie_interval)
+            start = 0
+            while start < indices.size:
+                take = min(indices.size - start, interval - self._since_momentum)
+                n_, d_ = kernel.run(indices[start : start + take], update_probe)
+                num, den = num + n_, den + d_
+                start += take
+                self._since_momentum += take
+                if self._since_momentum >= interval:
+                    self._momentum_step(update_probe)
+                    self._since_momentum = 0
+        else:
+            num, den = kernel.run(indices, update_probe)
         self._pattern_updates += int(indices.size)
         self._store.count_updates(indices)
+        self._constrain()
         return num, den
+
+    def _ensure_probe(self) -> None:
+        """Make the starting probe from the patterns held, if none was given."""
+        if self._probe is not None:
+            return
+        assert self._store is not None and self._probe_init is not None
+        n = len(self._store)
+        take = np.arange(n) if n <= 256 else np.linspace(0, n - 1, 256).astype(np.int64)
+        frames = np.stack([self._store.amplitude(int(j)) for j in take])
+        frames = np.fft.fftshift(np.where(frames < 0, 0.0, frames) ** 2, axes=(-2, -1))
+        probe, origin = make_start_probe(
+            self._probe_init,
+            frames,
+            self._store.positions[take],
+            fwhm_fraction=self._options.probe_fwhm_fraction,
+        )
+        self._probe = self._asarray(probe, self._be.xp.complex64)
+        self._probe_origin = origin
+
+    def _momentum_step(self, update_probe: bool) -> None:
+        """mPIE: move object and probe on by ``eta`` times their accumulated velocity."""
+        eta = float(self._options.mpie_eta)
+        m = self._momentum
+        if m is None:
+            self._momentum = {"o": self._object, "p": self._probe, "vo": None, "vp": None}
+            self._object = self._copy(self._object)
+            self._probe = self._copy(self._probe)
+            return
+        vo = self._object - m["o"] if m["vo"] is None else eta * m["vo"] + (self._object - m["o"])
+        obj = self._object + eta * vo
+        m.update(o=self._copy(obj), vo=vo)
+        self._object = obj
+        if update_probe:
+            vp = self._probe - m["p"] if m["vp"] is None else eta * m["vp"] + (self._probe - m["p"])
+            probe = self._probe + eta * vp
+            m.update(p=self._copy(probe), vp=vp)
+            self._probe = probe
+
+    def _copy(self, a: Any) -> Any:
+        return np.array(a, copy=True) if self._be.is_numpy else self._be.xp.asarray(a, copy=True)
+
+    def _constrain(self) -> None:
+        """The convergence aids of the options, after a chunk of updates."""
+        opts = self._options
+        xp = self._be.xp
+        assert self._store is not None and self._probe_shape is not None
+        probe, obj = self._probe, self._object
+        changed = False
+        if opts.probe_support is not None:
+            if self._support is None or self._support[0] != opts.probe_support:
+                radius = opts.probe_support * min(self._probe_shape) / 2.0
+                mask = xp.asarray(constraints.support_mask(self._probe_shape, radius))
+                self._support = (opts.probe_support, mask)
+            probe = constraints.probe_support(xp, probe, self._support[1])
+            changed = True
+        if opts.probe_power:
+            n = len(self._store)
+            counts = float(np.mean(self._store.sums[:n])) if n else 0.0
+            obj, probe = constraints.hold_probe_power(xp, obj, probe, counts)
+            changed = True
+        if opts.probe_centre:
+            obj, probe, dr, dc = constraints.centre_probe(xp, obj, probe)
+            if dr or dc:
+                self._momentum = None
+                self._since_momentum = 0
+        if opts.object_amplitude_max is not None:
+            obj = constraints.bound_object_amplitude(xp, obj, float(opts.object_amplitude_max))
+        if changed or obj is not self._object or probe is not self._probe:
+            self._probe = self._contiguous(probe)
+            self._object = self._contiguous(obj)
+
+    def _contiguous(self, a: Any) -> Any:
+        if self._be.is_numpy:
+            return np.ascontiguousarray(a, dtype=np.complex64)
+        return a
+
+    def validation_error(self) -> float:
+        """Fourier error the current model predicts for the held-out patterns (NaN if none).
+
+        Same normalisation as the per-pass error, ``sum((|F(P O)| - sqrt(I))**2) / sum(I)``,
+        over patterns that never took part in an update (``validation_every``). On a
+        reconstruction that has found the specimen it is close to the training error; on a
+        plateau, where probe and object fit the patterns they were updated with but not the
+        specimen, it stays high.
+        """
+        held = np.flatnonzero(self.held_out)
+        if held.size == 0 or self._probe is None or self._store is None:
+            return float("nan")
+        xp = self._be.xp
+        n0, n1 = self._probe_shape  # type: ignore[misc]
+        num = 0.0
+        den = 0.0
+        for j in held.tolist():
+            r, c = (int(v) for v in self._store.corners[j])
+            spectrum = self._be.fft2(self._probe * self._object[r : r + n0, c : c + n1])
+            model = to_numpy(xp.abs(spectrum)).astype(np.float64)
+            amp = self._store.amplitude(j).astype(np.float64)
+            good = amp >= 0
+            diff = np.where(good, model - amp, 0.0)
+            num += float(np.sum(diff * diff))
+            den += float(self._store.sums[j])
+        return num / den if den > 0 else float("nan")
 
     def _get_kernel(self) -> Any:
         from bluesky_ptycho.engine.kernels import select_kernel

@@ -72,6 +72,8 @@ class ArrayAPIKernel(_Kernel):
         frac = store.positions - corners if self.subpixel else None
         scales = store.scales
         eps_all = self._eps(indices)
+        rpie = opts.algorithm in ("rpie", "mpie")
+        gamma = float(opts.rpie_alpha)
         errors = []
         for k, j in enumerate(indices.tolist()):
             codes = store.codes(j)
@@ -97,8 +99,13 @@ class ArrayAPIKernel(_Kernel):
             errors.append(xp.sum(diff * diff))
             dpsi = ifft2(spectrum * factor)
             p_conj = xp.conj(p)
-            p_max = xp.max(xp.real(p * p_conj)) + _TINY
-            d_obj = (opts.alpha / p_max) * p_conj * dpsi
+            p_abs2 = xp.real(p * p_conj)
+            p_max = xp.max(p_abs2) + _TINY
+            if rpie:
+                denom = (1.0 - gamma) * p_abs2 + gamma * p_max
+                d_obj = opts.alpha * p_conj * dpsi / denom
+            else:
+                d_obj = (opts.alpha / p_max) * p_conj * dpsi
             if update_probe:
                 o_conj = xp.conj(patch)
                 o_max = xp.max(xp.real(patch * o_conj)) + _TINY
@@ -138,6 +145,8 @@ class NumpyKernel(_Kernel):
         assert store is not None and self.shape is not None
         opts = eng.options
         alpha, beta = float(opts.alpha), float(opts.beta)
+        rpie = opts.algorithm in ("rpie", "mpie")
+        gamma = np.float32(opts.rpie_alpha)
         n0, n1 = self.shape
         obj = eng._object
         probe = eng._probe
@@ -191,6 +200,12 @@ class NumpyKernel(_Kernel):
                 o_max = float(r_buf.max()) ** 2 + _TINY
             np.conjugate(probe, out=p_conj)
             p_conj *= dpsi
+            if rpie:  # conj(P) dpsi / ((1 - g)|P|^2 + g max|P|^2), dpsi scaled by alpha/max|P|^2
+                np.abs(probe, out=r_buf)
+                np.multiply(r_buf, r_buf, out=r_buf)
+                r_buf *= np.float32((1.0 - gamma) / p_max)
+                r_buf += gamma
+                p_conj /= r_buf
             patch += p_conj
             if update_probe:
                 o_conj *= dpsi

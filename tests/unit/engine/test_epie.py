@@ -22,8 +22,8 @@ def _region(ds):
     return illuminated_region(ds.probe, ds.positions_px, ds.object.shape, threshold=0.3)
 
 
-def _engine(ds, **options) -> EPIE:
-    return EPIE(ds.object.shape, options=EPIEOptions(seed=0, **options))
+def _engine(ds, probe=None, **options) -> EPIE:
+    return EPIE(ds.object.shape, probe=probe, options=EPIEOptions(seed=0, **options))
 
 
 def test_converges_from_the_study_starting_values(small_dataset):
@@ -58,11 +58,18 @@ def test_adding_in_batches_between_passes_reaches_the_same_quality(small_dataset
     assert state.updates_per_pattern[first].min() > state.updates_per_pattern[~first].min()
 
 
-def test_add_before_any_probe_exists_makes_the_default_probe(small_dataset):
+def test_the_starting_probe_is_made_from_the_patterns_held_at_the_first_update(small_dataset):
     ds = small_dataset
-    engine = _engine(ds)
+    engine = _engine(ds, probe="gaussian")
     assert engine.probe_shape is None
     engine.add(ds.intensities[:5], ds.positions_px[:5])
+    assert not np.any(engine.state().probe)  # none yet: made at the first update
+    assert engine.probe_origin == "none yet"
+    engine.update([])  # no update, no probe
+    assert not np.any(engine.state().probe)
+    engine.options = EPIEOptions(beta=0.0, seed=0)
+    engine.update([0])
+    assert engine.probe_origin.startswith("gaussian")
     probe = engine.state().probe
     assert probe.shape == ds.intensities.shape[1:]
     counts = ds.intensities[:5].sum(axis=(1, 2)).mean()
@@ -135,7 +142,7 @@ def test_options_can_be_changed_while_running(small_dataset):
 
 def test_probe_update_start_keeps_the_probe_fixed_first(small_dataset):
     ds = small_dataset
-    engine = _engine(ds, probe_update_start=2)
+    engine = _engine(ds, probe_update_start=2, probe="gaussian")
     engine.add(ds.intensities, ds.positions_px)
     engine.iterate(2)
     p0 = default_probe(ds.intensities.shape[1:], 0.125 * 64, ds.intensities.sum(axis=(1, 2)).mean())
