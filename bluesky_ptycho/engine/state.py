@@ -30,6 +30,13 @@ class ReconstructionState:
         ``sum((|F(P O)| - sqrt(I))**2) / sum(I)`` over the patterns that pass visited.
     updates_per_pattern : ndarray, int64, shape (n,)
         How often each pattern has been used in an update.
+    error_trace : ndarray, float64, shape (k, 2)
+        ``(pattern_updates, fourier_error)`` after every chunk of updates, passes or not
+        (the live pacing policies update patterns without completing passes); thinned to at
+        most a few hundred rows.
+    validation_error : float
+        Fourier error the model predicts for the held-out patterns (NaN when none are held
+        out); see :meth:`bluesky_ptycho.engine.EPIE.validation_error`.
     """
 
     object: np.ndarray
@@ -39,6 +46,32 @@ class ReconstructionState:
     pattern_updates: int = 0
     fourier_error: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float64))
     updates_per_pattern: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    error_trace: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), dtype=np.float64))
+    validation_error: float = float("nan")
+
+    @property
+    def latest_error(self) -> float:
+        """The most recent Fourier error (of a pass or a chunk of updates); NaN if none."""
+        if self.error_trace.shape[0]:
+            return float(self.error_trace[-1, 1])
+        if self.fourier_error.size:
+            return float(self.fourier_error[-1])
+        return float("nan")
+
+    @property
+    def validation_ratio(self) -> float:
+        """The "did it work" signal: held-out error over the error of the patterns in use.
+
+        About 1 (measured 0.95 to 1.3) when the reconstruction has found the specimen: the
+        model predicts patterns it never saw as well as those it was fitted to. Well above 1
+        (measured 2 to 6) on a plateau, where probe and object fit the patterns in use without
+        being the specimen and illumination. NaN until both errors are known.
+        """
+        train = self.latest_error
+        val = self.validation_error
+        if not (train > 0 and val == val):
+            return float("nan")
+        return float(val / train)
 
     @property
     def n_patterns(self) -> int:
@@ -55,4 +88,6 @@ class ReconstructionState:
             pattern_updates=self.pattern_updates,
             fourier_error=self.fourier_error.copy(),
             updates_per_pattern=self.updates_per_pattern.copy(),
+            error_trace=self.error_trace.copy(),
+            validation_error=self.validation_error,
         )
