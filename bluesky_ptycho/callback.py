@@ -22,6 +22,7 @@ from typing import Any
 import event_model
 import numpy as np
 
+from bluesky_ptycho.engine.probes import ProbeInit
 from bluesky_ptycho.engine.state import ReconstructionState
 from bluesky_ptycho.geometry import ObjectFrame
 from bluesky_ptycho.io.assets import AssetError, AssetRegistry, DatumLocator, StreamLocator
@@ -121,10 +122,13 @@ class PtychoCallback(event_model.DocumentRouter):
     on_frame : callable, optional
         ``on_frame(index, intensities, mask, positions_px)`` for every frame handed to the
         reconstruction, after preprocessing (background thread): for saving or showing frames.
-    probe : array, optional
-        Initial probe for every run (e.g. from an earlier scan); otherwise the start document's
-        ``probe_init`` (the path of a bluesky-ptycho result file), otherwise the engine's
-        default Gaussian.
+    probe : array, ProbeInit, str or dict, optional
+        Initial probe for every run (e.g. from an earlier scan), or how to make one
+        (:class:`~bluesky_ptycho.engine.probes.ProbeInit`: ``"auto"``, ``"gaussian"``,
+        ``"mean_pattern"``, optics); otherwise the start document's ``probe_init`` (a kind name,
+        a dict, or the path of a bluesky-ptycho result file, see
+        :meth:`~bluesky_ptycho.setup.ScanSetup.start_probe`), otherwise the engine's
+        default ``"auto"``.
     """
 
     def __init__(
@@ -140,7 +144,10 @@ class PtychoCallback(event_model.DocumentRouter):
         probe: Any = None,
     ) -> None:
         super().__init__()
-        self.probe = None if probe is None else np.asarray(probe, dtype=np.complex64)
+        if probe is None or isinstance(probe, (ProbeInit, str, dict)):
+            self.probe = None if probe is None else ProbeInit.parse(probe)
+        else:
+            self.probe = np.asarray(probe, dtype=np.complex64)
         self.on_frame = on_frame
         if setup is not None and not isinstance(setup, ScanSetup):
             raise TypeError(f"setup must be a ScanSetup, got {type(setup).__name__}")
@@ -292,18 +299,15 @@ class PtychoCallback(event_model.DocumentRouter):
             self._runs += 1
         live.start()
 
-    def _initial_probe(self, setup: ScanSetup) -> np.ndarray | None:
+    def _initial_probe(self, setup: ScanSetup) -> Any:
         if self.probe is not None:
             return self.probe
-        if isinstance(setup.probe_init, str) and setup.probe_init:
+        start = setup.start_probe()
+        if isinstance(start, str) and start:
             from bluesky_ptycho.io.result import read_result
 
-            return read_result(setup.probe_init).state.probe
-        if setup.probe_init is not None:
-            raise ValueError(
-                f"probe_init must be the path of a result file, got {setup.probe_init!r}"
-            )
-        return None
+            return read_result(start).state.probe
+        return start
 
     def descriptor(self, doc: dict) -> None:
         if doc.get("run_start") in self._ignored:

@@ -1,8 +1,9 @@
 """The ``bluesky-ptycho`` command: demo, serve and friends.
 
 ``bluesky-ptycho demo`` runs a real Bluesky ``RunEngine`` spirangle scan of the simulated
-beamline while ``PtychoCallback`` reconstructs live: a progress bar, PNG snapshots at 25, 50, 75
-and 100 % of the scan, the result in HDF5 and the error against the ground truth.
+beamline while ``PtychoCallback`` reconstructs live: a progress bar (patterns, passes, updates
+per pattern, Fourier error, validation ratio), PNG snapshots at 25, 50, 75 and 100 % of the scan
+(``snapshot-025pct.png`` ...), the result in HDF5 and the error against the ground truth.
 ``bluesky-ptycho demo --offline`` reconstructs a simulated dataset without Bluesky.
 """
 
@@ -83,7 +84,14 @@ def _demo_live(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from bluesky_ptycho.callback import PtychoCallback
-    from bluesky_ptycho.display import LivePlot, result_figure, save_figure
+    from bluesky_ptycho.display import (
+        LivePlot,
+        ScanSnapshots,
+        result_figure,
+        save_figure,
+        signal_verdict,
+        updates_per_pattern,
+    )
     from bluesky_ptycho.live import LiveOptions
     from bluesky_ptycho.metrics import illuminated_region, object_error
     from bluesky_ptycho.plans import spirangle_ptycho
@@ -101,26 +109,27 @@ def _demo_live(args: argparse.Namespace) -> int:
         f"spirangle ({total} points, {preset.step_m * 1e9:.0f} nm step), "
         f"{args.dwell * 1e3:.0f} ms per point"
     )
-    plot = LivePlot(min_interval_s=0.5, pixel_size_m=setup.geometry().pixel_size_m)
-    marks = {int(np.ceil(total * f / 100)): f for f in (25, 50, 75, 100)}
-    written: list[Path] = []
+    # drawn only at 25/50/75/100 % and in a thread of its own: matplotlib in the observer
+    # (the reconstruction's worker thread) would hold the reconstruction up
+    snapshots = ScanSnapshots(
+        LivePlot(min_interval_s=0.0, pixel_size_m=setup.geometry().pixel_size_m), out, total
+    )
     bar = tqdm(total=total, unit="frame", disable=args.quiet, desc="scan")
 
     def observe(snapshot) -> None:
+        st = snapshot.state
         bar.n = snapshot.patterns_received
-        err = snapshot.state.fourier_error
+        err, ratio = st.latest_error, st.validation_ratio
         bar.set_postfix(
             in_use=snapshot.patterns_in_use,
-            updates=snapshot.state.pattern_updates,
-            fourier_error=f"{err[-1]:.4f}" if err.size else "-",
+            passes=st.iteration,
+            upd_per_pattern=f"{updates_per_pattern(st):.0f}",
+            fourier_error=f"{err:.4f}" if np.isfinite(err) else "-",
+            ratio=f"{ratio:.2f}" if np.isfinite(ratio) else "-",
             refresh=False,
         )
         bar.refresh()
-        due = [k for k in marks if snapshot.patterns_in_use >= k]
-        plot.update(snapshot.state, force=bool(due))
-        for k in sorted(due):
-            path = out / f"live-{marks.pop(k):03d}pct.png"
-            written.append(plot.save_png(path))
+        snapshots.offer(st)
 
     cb = PtychoCallback(
         options=LiveOptions(final_passes=args.passes), output_dir=out, observers=[observe]
@@ -147,6 +156,7 @@ def _demo_live(args: argparse.Namespace) -> int:
     state = cb.result(timeout=600)
     bar.n = total
     bar.close()
+    written = snapshots.close(timeout=60)
     spec = beamline.specimen
     region = illuminated_region(spec.probe, state.positions_px, spec.object.shape, threshold=0.3)
     error = object_error(state.object, spec.object, region=region)
@@ -154,17 +164,29 @@ def _demo_live(args: argparse.Namespace) -> int:
         result_figure(
             state,
             pixel_size_m=setup.geometry().pixel_size_m,
-            title=f"live ePIE: {state.n_patterns} frames, object error {error:.3f}",
+            title=f"live ePIE: {state.n_patterns} frames, {state.iteration} passes, object "
+            f"error {error:.3f}, validation ratio {state.validation_ratio:.2f} "
+            f"({signal_verdict(state.validation_ratio)})",
             truth=spec.object,
         ),
         out / "live-final.png",
     )
     print(
         f"scan {scan_time:.1f} s; reconstruction {state.pattern_updates} updates, "
-        f"{state.iteration} final passes; rejected {cb.status.rejected}"
+        f"{state.iteration} passes (the last {args.passes} after the scan); rejected "
+        f"{cb.status.rejected}"
     )
-    print(f"Fourier error {state.fourier_error[-1]:.4f}; object error vs truth {error:.4f}")
-    print("snapshots: " + ", ".join(str(p) for p in written))
+    ratio = state.validation_ratio
+    print(
+        f"Fourier error {state.latest_error:.4f}, held-out {state.validation_error:.4f}, "
+        f"validation ratio {ratio:.2f} ({signal_verdict(ratio)}); object error vs truth "
+        f"{error:.4f}"
+    )
+    print("snapshots:")
+    for path in written:
+        print(f"  {path}: {snapshots.summaries[path]}")
+    for problem in snapshots.errors:
+        print(f"snapshot failed: {problem}", file=sys.stderr)
     print(f"figure: {final}\nresult: {cb.result_path}")
     return 0 if np.isfinite(error) else 1
 
@@ -217,7 +239,8 @@ def _demo_tango(args: argparse.Namespace) -> int:
             print(
                 f"  event {event.attr_value.name}: PatternsReceived "
                 f"{dev.PatternsReceived:4d}  Iteration {dev.Iteration:3d}  "
-                f"FourierError {dev.FourierError:.4f}  Progress {dev.Progress:5.1f} %"
+                f"FourierError {dev.FourierError:.4f}  ValidationRatio "
+                f"{dev.ValidationRatio:5.2f}  Progress {dev.Progress:5.1f} %"
             )
 
         event_id = dev.subscribe_event("ObjectPhase", tango.EventType.CHANGE_EVENT, show)
@@ -252,7 +275,8 @@ def _demo_tango(args: argparse.Namespace) -> int:
         dev.unsubscribe_event(event_id)
         print(
             f"final: {dev.PatternsReceived} patterns, {dev.Iteration} passes, "
-            f"FourierError {dev.FourierError:.4f}, state {dev.State()}, status: {dev.Status()}"
+            f"FourierError {dev.FourierError:.4f}, ValidationRatio {dev.ValidationRatio:.2f} "
+            f"(SignalOK {dev.SignalOK}), state {dev.State()}, status: {dev.Status()}"
         )
         return 0
     finally:

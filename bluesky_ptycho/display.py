@@ -38,11 +38,19 @@ if TYPE_CHECKING:
     from bluesky_ptycho.engine.state import ReconstructionState
 
 __all__ = [
+    "PLATEAU_RATIO",
     "PROBE_PHASE_THRESHOLD",
+    "SIGNAL_OK_RATIO",
     "LivePlot",
+    "ScanSnapshots",
+    "error_series",
     "probe_phase_masked",
     "result_figure",
     "save_figure",
+    "signal_verdict",
+    "snapshot_path",
+    "summary",
+    "updates_per_pattern",
 ]
 
 PROBE_PHASE_THRESHOLD = 0.05
@@ -56,6 +64,17 @@ _DOT_STYLE: Mapping[str, Any] = MappingProxyType(
     {"s": 9, "c": _DOT_COLOR, "edgecolors": "white", "linewidths": 0.4}
 )
 _RECEIVED_COLOR = "tab:orange"
+_ERROR_COLOR = "tab:blue"
+_VALIDATION_COLOR = "tab:red"
+
+SIGNAL_OK_RATIO = 1.5
+"""A validation ratio at most this says the reconstruction has found the specimen.
+
+See :attr:`~bluesky_ptycho.engine.state.ReconstructionState.validation_ratio`: measured 0.95
+to 1.3 once it has, 2 to 6 on a plateau.
+"""
+PLATEAU_RATIO = 2.0
+"""A validation ratio above this says the reconstruction is on a plateau."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -139,25 +158,91 @@ def probe_phase_masked(
     return np.ma.masked_where(amp <= threshold * peak, np.angle(probe))
 
 
-def _summary(state: ReconstructionState) -> str:
+def updates_per_pattern(state: ReconstructionState) -> float:
+    """Pattern updates per pattern held (``pattern_updates / n_patterns``; 0 when none)."""
+    n = state.n_patterns
+    return float(state.pattern_updates) / n if n else 0.0
+
+
+def signal_verdict(ratio: float) -> str:
+    """The validation ratio in a word or two.
+
+    ``"not yet known"`` (NaN), ``"converging"`` (at most :data:`SIGNAL_OK_RATIO`: the model
+    predicts held-out patterns about as well as those it fits), ``"unclear"`` (up to
+    :data:`PLATEAU_RATIO`) or ``"plateau"`` (above it).
+    """
+    if not math.isfinite(ratio):
+        return "not yet known"
+    if ratio <= SIGNAL_OK_RATIO:
+        return "converging"
+    if ratio <= PLATEAU_RATIO:
+        return "unclear"
+    return "plateau"
+
+
+def summary(state: ReconstructionState) -> str:
+    """One line: passes, updates per pattern, patterns, latest error and the validation ratio.
+
+    For example ``"pass 12, 35 updates/pattern, 43 patterns, Fourier error 0.0027,
+    validation ratio 1.08 (converging)"``.
+    """
     text = (
-        f"pass {state.iteration}, {state.n_patterns} patterns, "
-        f"{state.pattern_updates} pattern updates"
+        f"pass {state.iteration}, {updates_per_pattern(state):.3g} updates/pattern, "
+        f"{state.n_patterns} patterns"
     )
-    err = np.asarray(state.fourier_error)
-    if err.size:
-        text += f", Fourier error {float(err[-1]):.3g}"
+    err = state.latest_error
+    if math.isfinite(err):
+        text += f", Fourier error {err:.3g}"
+    ratio = state.validation_ratio
+    if math.isfinite(ratio):
+        text += f", validation ratio {ratio:.2f} ({signal_verdict(ratio)})"
+    else:
+        text += ", validation ratio not yet known"
     return text
 
 
-def _plot_error(ax: Axes, fourier_error: np.ndarray) -> Line2D:
-    err = np.asarray(fourier_error, dtype=np.float64)
-    (line,) = ax.plot(np.arange(1, err.size + 1), err, marker=".", color="tab:blue")
+def error_series(state: ReconstructionState) -> tuple[np.ndarray, np.ndarray]:
+    """The error history as ``(updates per pattern held, Fourier error)``.
+
+    From ``state.error_trace`` (an entry after every chunk of updates, during the scan too):
+    ``x = pattern_updates / n_patterns`` with the patterns held now. Without a trace (a state
+    from an older file), the per-pass errors at ``x = 1, 2, ...`` (a pass is one update per
+    pattern).
+    """
+    trace = np.asarray(state.error_trace, dtype=np.float64).reshape(-1, 2)
+    if trace.shape[0]:
+        n = max(state.n_patterns, 1)
+        return trace[:, 0] / n, trace[:, 1].copy()
+    err = np.asarray(state.fourier_error, dtype=np.float64).ravel()
+    return np.arange(1, err.size + 1, dtype=np.float64), err.copy()
+
+
+def _plot_error(ax: Axes, x: np.ndarray, y: np.ndarray) -> tuple[Line2D, Line2D]:
+    """The error curve of the patterns in use and the held-out (validation) markers."""
+    (line,) = ax.plot(x, y, marker=".", markersize=3, color=_ERROR_COLOR, label="patterns in use")
+    (held,) = ax.plot(
+        [],
+        [],
+        linestyle="none",
+        marker="D",
+        markersize=5,
+        color=_VALIDATION_COLOR,
+        label="held out (validation)",
+    )
     ax.set_yscale("log")
-    ax.set_xlabel("pass")
+    ax.set_xlabel("updates per pattern held")
     ax.set_ylabel("Fourier error")
     ax.grid(True, which="both", alpha=0.3)
-    return line
+    return line, held
+
+
+def _autoscale_error(ax: Axes, *ys: np.ndarray) -> None:
+    values = np.concatenate([np.asarray(y, dtype=np.float64).ravel() for y in ys])
+    if np.any(np.isfinite(values) & (values > 0)):
+        ax.relim()
+        ax.autoscale_view()
+        if ax.get_legend() is None:
+            ax.legend(loc="upper right", fontsize="small")
 
 
 # --------------------------------------------------------------------------------------------
@@ -175,8 +260,10 @@ def result_figure(
 
     Panels: object amplitude, object phase with the probe-patch centres of the scan positions
     (``positions_px + N/2``) as dots, an optional ground-truth phase, probe amplitude, probe
-    phase (masked where the amplitude is at most 5 % of its maximum) and the Fourier error per
-    pass on a log axis when there is any. Every image panel has a colorbar.
+    phase (masked where the amplitude is at most 5 % of its maximum) and, when there is any,
+    the Fourier error history against updates per pattern held (:func:`error_series`) on a
+    log axis, with the held-out patterns' error as a marker when known. Every image panel has
+    a colorbar.
 
     Parameters
     ----------
@@ -185,7 +272,8 @@ def result_figure(
     pixel_size_m : float or (float, float), optional
         Object pixel size (row, col) in metres; axes are then in µm, otherwise in pixels.
     title : str, optional
-        Figure title; by default a one-line summary (passes, patterns, last error).
+        Figure title; by default :func:`summary` (passes, updates per pattern, patterns, latest
+        error, validation ratio).
     truth : ndarray, complex, optional
         Ground-truth object; its phase is shown in an extra panel.
 
@@ -197,9 +285,9 @@ def result_figure(
     scale = _Scale.from_pixel_size(pixel_size_m)
     obj = np.asarray(state.object)
     probe = np.asarray(state.probe)
-    err = np.asarray(state.fourier_error)
+    err_x, err_y = error_series(state)
     n_top = 3 if truth is not None else 2
-    n_bottom = 3 if err.size else 2
+    n_bottom = 3 if err_y.size else 2
     ncols = max(n_top, n_bottom)
 
     fig = Figure(figsize=(4.2 * ncols, 7.6), layout="constrained")
@@ -246,15 +334,19 @@ def result_figure(
     ax.set_title("Probe phase")
     scale.label(ax)
 
-    if err.size:
+    if err_y.size:
         ax = axes[1, 2]
-        _plot_error(ax, err)
+        _, held = _plot_error(ax, err_x, err_y)
+        validation = float(state.validation_error)
+        if math.isfinite(validation):
+            held.set_data([updates_per_pattern(state)], [validation])
+        _autoscale_error(ax, err_y, np.array([validation]))
         ax.set_title("Fourier error")
 
     for ax in axes.flat:
         if not ax.get_title():
             fig.delaxes(ax)
-    fig.suptitle(title if title is not None else _summary(state))
+    fig.suptitle(title if title is not None else summary(state))
     return fig
 
 
@@ -303,6 +395,7 @@ class _LiveArtists:
     positions: PathCollection
     received: PathCollection
     error: Line2D
+    validation: Line2D
 
 
 class LivePlot:
@@ -320,10 +413,16 @@ class LivePlot:
 
     Notes
     -----
+    The error panel shows :func:`error_series` (the error after every chunk of updates, during
+    the scan too) and the held-out patterns' error of every state shown so far (the
+    validation error is a single number per state; the plot keeps its history, starting over
+    when the pattern updates go back, as for a new run). The title is :func:`summary`.
+
     Meant to be updated from one worker thread; a lock serialises :meth:`update` and
-    :meth:`save_png`. The off-screen figure is laid out once, at the first redraw, and keeps
-    that layout (a redraw then takes about half the time). With an interactive canvas the
-    redraw is requested with ``canvas.draw_idle()``; an Agg canvas is rendered immediately.
+    :meth:`save_png`. The off-screen figure is laid out once, at the first redraw with an
+    error history, and keeps that layout (a redraw then takes about half the time). With an
+    interactive canvas the redraw is requested with ``canvas.draw_idle()``; an Agg canvas is
+    rendered immediately.
     GUI toolkits such as Qt must not be driven from a worker thread: there, call
     :meth:`update` from the GUI thread (e.g. a timer) instead.
     """
@@ -343,6 +442,8 @@ class LivePlot:
         self._last_draw: float | None = None
         self._artists: _LiveArtists | None = None
         self._freeze_layout = figure is None
+        self._has_error = False
+        self._validation: list[tuple[float, float]] = []  # (pattern updates, error)
         if figure is None:
             figure = Figure(figsize=(12, 7.6), layout="constrained")
             FigureCanvasAgg(figure)
@@ -386,6 +487,7 @@ class LivePlot:
         *,
         received_positions_px: np.ndarray | None = None,
         force: bool = False,
+        title: str | None = None,
     ) -> bool:
         """Show a new state, unless the last redraw was less than ``min_interval_s`` ago.
 
@@ -398,6 +500,8 @@ class LivePlot:
             engine); their patch centres are drawn as hollow markers.
         force : bool, default False
             Redraw regardless of the interval (e.g. for the final state).
+        title : str, optional
+            A line above the figure title, :func:`summary` (e.g. ``"50 % of the scan"``).
 
         Returns
         -------
@@ -412,11 +516,11 @@ class LivePlot:
                 and now - self._last_draw < self.min_interval_s
             ):
                 return False
-            self._set_state(state, received_positions_px)
+            self._set_state(state, received_positions_px, title)
             canvas = self._figure.canvas
             if type(canvas) is FigureCanvasAgg:
                 canvas.draw()
-                if self._freeze_layout:
+                if self._freeze_layout and self._has_error:
                     # The panels are laid out now; constrained layout costs about half of
                     # every redraw, so keep these positions for the redraws that follow.
                     self._figure.set_layout_engine("none")
@@ -446,7 +550,9 @@ class LivePlot:
 
     # ----------------------------------------------------------------------------------------
 
-    def _set_state(self, state: ReconstructionState, received: np.ndarray | None) -> None:
+    def _set_state(
+        self, state: ReconstructionState, received: np.ndarray | None, title: str | None = None
+    ) -> None:
         obj = np.asarray(state.object)
         probe = np.asarray(state.probe)
         scale = self._scale
@@ -466,7 +572,17 @@ class LivePlot:
         }
         centres = scale.points(_patch_centres(state.positions_px, probe.shape[0]))
         received_xy = scale.points(_patch_centres(received, probe.shape[0]))
-        err = np.asarray(state.fourier_error, dtype=np.float64)
+        err_x, err_y = error_series(state)
+        upp = updates_per_pattern(state)
+        validation = float(state.validation_error)
+        if self._validation and state.pattern_updates < self._validation[-1][0]:
+            self._validation = []  # a new run, or a rolled-back state
+        if math.isfinite(validation):
+            if self._validation and self._validation[-1][0] == state.pattern_updates:
+                self._validation[-1] = (float(state.pattern_updates), validation)
+            else:
+                self._validation.append((float(state.pattern_updates), validation))
+        held = np.asarray(self._validation, dtype=np.float64).reshape(-1, 2)
 
         if self._artists is None:
             self._artists = self._create(images, extents)
@@ -485,25 +601,34 @@ class LivePlot:
         a.positions.set_offsets(centres)
         a.received.set_offsets(received_xy)
 
-        a.error.set_data(np.arange(1, err.size + 1), err)
-        ax = self._axes["error"]
-        positive = err[np.isfinite(err) & (err > 0)]
-        if positive.size:
-            ax.relim()
-            ax.autoscale_view()
+        a.error.set_data(err_x, err_y)
+        a.validation.set_data(held[:, 0] / max(state.n_patterns, 1), held[:, 1])
+        _autoscale_error(self._axes["error"], err_y, held[:, 1])
+        self._has_error = bool(err_y.size)
 
         n_received = 0 if received is None else int(np.asarray(received).reshape(-1, 2).shape[0])
         lines = [
             f"patterns in use: {state.n_patterns}",
             f"passes: {state.iteration}",
             f"pattern updates: {state.pattern_updates}",
+            f"updates per pattern: {upp:.3g}",
         ]
         if received is not None:
             lines.insert(0, f"patterns received: {n_received}")
-        if err.size:
-            lines.append(f"Fourier error: {float(err[-1]):.4g}")
+        err = state.latest_error
+        if math.isfinite(err):
+            lines.append(f"Fourier error: {err:.4g}")
+        if math.isfinite(validation):
+            lines.append(f"held-out error: {validation:.4g}")
+        ratio = state.validation_ratio
+        ratio_text = f"{ratio:.2f} " if math.isfinite(ratio) else ""
+        lines.append(f"validation ratio: {ratio_text}({signal_verdict(ratio)})")
+        lines.append(
+            f"  (held-out / in-use error;\n  <= {SIGNAL_OK_RATIO:g}: found the specimen,\n"
+            f"  > {PLATEAU_RATIO:g}: a plateau)"
+        )
         self._patterns_text.set_text("\n".join(lines))
-        self._figure.suptitle(_summary(state))
+        self._figure.suptitle(f"{title}\n{summary(state)}" if title else summary(state))
 
     def _create(
         self, images: dict[str, Any], extents: dict[str, tuple[float, ...]]
@@ -538,7 +663,7 @@ class LivePlot:
             linewidths=0.6,
         )
         positions = ax.scatter(empty[:, 0], empty[:, 1], **_DOT_STYLE)
-        error = _plot_error(self._axes["error"], np.zeros(0))
+        error, validation = _plot_error(self._axes["error"], np.zeros(0), np.zeros(0))
         return _LiveArtists(
             obj_amp=made["obj_amp"],
             obj_phase=made["obj_phase"],
@@ -547,4 +672,119 @@ class LivePlot:
             positions=positions,
             received=received,
             error=error,
+            validation=validation,
         )
+
+
+# --------------------------------------------------------------------------------------------
+# snapshots at fractions of a scan
+
+
+def snapshot_path(directory: str | os.PathLike[str], percent: int) -> Path:
+    """``directory/snapshot-050pct.png``: the file of the snapshot at ``percent`` of a scan."""
+    return Path(directory) / f"snapshot-{int(percent):03d}pct.png"
+
+
+class ScanSnapshots:
+    """PNG files of a :class:`LivePlot` at fractions of a scan, drawn off the caller's thread.
+
+    :meth:`offer` is cheap: called with every published state (from the reconstruction's
+    worker thread, say), it only notes which fractions the state has reached and hands the
+    state to a drawing thread, so the reconstruction is not held up by matplotlib. A state
+    holding at least ``ceil(total * percent / 100)`` patterns is drawn, titled with the
+    fraction and :func:`summary`, and saved as :func:`snapshot_path` ``(directory,
+    percent)``.
+
+    Parameters
+    ----------
+    plot : LivePlot
+        The figure to draw into (only this object's thread draws into it until
+        :meth:`close`).
+    directory : str or path-like
+        Existing directory for the PNG files.
+    total : int
+        Patterns the scan will hold when complete.
+    percents : sequence of int, default (25, 50, 75, 100)
+        The fractions of the scan, in percent.
+    """
+
+    def __init__(
+        self,
+        plot: LivePlot,
+        directory: str | os.PathLike[str],
+        total: int,
+        percents: tuple[int, ...] = (25, 50, 75, 100),
+    ) -> None:
+        if total < 1:
+            raise ValueError(f"total must be >= 1, got {total}")
+        self._plot = plot
+        self._directory = Path(directory)
+        self._total = int(total)
+        self._marks = {int(p): max(1, math.ceil(total * p / 100)) for p in sorted(percents)}
+        self._lock = threading.Condition()
+        self._queue: list[tuple[int, ReconstructionState, np.ndarray | None]] = []
+        self._closed = False
+        self.written: list[Path] = []
+        """The files written so far, in scan order."""
+        self.summaries: dict[Path, str] = {}
+        """Each file's :func:`summary` line."""
+        self.errors: list[str] = []
+        """Problems drawing or saving (the files concerned are missing)."""
+        self._thread = threading.Thread(target=self._main, name="scan-snapshots", daemon=True)
+        self._thread.start()
+
+    @property
+    def pending(self) -> list[int]:
+        """The fractions (percent) not reached yet."""
+        with self._lock:
+            return sorted(self._marks)
+
+    def offer(
+        self, state: ReconstructionState, received_positions_px: np.ndarray | None = None
+    ) -> list[int]:
+        """Queue ``state`` for the fractions of the scan it has reached; return those.
+
+        Parameters
+        ----------
+        state : ReconstructionState
+            A published state (kept, not copied: treat it as read-only).
+        received_positions_px : ndarray, optional
+            As for :meth:`LivePlot.update`.
+        """
+        n = state.n_patterns
+        with self._lock:
+            if self._closed:
+                return []
+            due = [p for p, k in self._marks.items() if n >= k]
+            for p in due:
+                del self._marks[p]
+                self._queue.append((p, state, received_positions_px))
+            if due:
+                self._lock.notify_all()
+        return due
+
+    def close(self, timeout: float | None = None) -> list[Path]:
+        """Draw what is queued, stop the thread and return the files written."""
+        with self._lock:
+            self._closed = True
+            self._lock.notify_all()
+        self._thread.join(timeout)
+        return list(self.written)
+
+    def _main(self) -> None:
+        while True:
+            with self._lock:
+                while not self._queue and not self._closed:
+                    self._lock.wait()
+                if not self._queue:
+                    return
+                percent, state, received = self._queue.pop(0)
+            title = f"{percent} % of the scan ({state.n_patterns}/{self._total} patterns)"
+            try:
+                self._plot.update(state, received_positions_px=received, force=True, title=title)
+                path = self._plot.save_png(snapshot_path(self._directory, percent))
+            except Exception as exc:  # a figure must not take the scan down
+                self.errors.append(f"{percent} %: {type(exc).__name__}: {exc}")
+                continue
+            self.summaries[path] = summary(state)
+            self.written.append(path)

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from bluesky_ptycho.engine.probes import PROBE_INIT_KINDS, ProbeInit, curvature_from_defocus
 from bluesky_ptycho.geometry import Geometry, ObjectFrame
 from bluesky_ptycho.preprocess import PreprocessConfig, is_power_of_two
 
@@ -158,6 +159,54 @@ class ScanSetup:
         if self.nominal_positions_m is not None:
             return int(self.nominal_positions_m.shape[0])
         return None
+
+    def start_probe(self) -> Any:
+        """What ``probe_init`` asks for: None, a :class:`ProbeInit`, or a path of a result file.
+
+        ``probe_init`` may be a kind name (``"auto"``, ``"gaussian"``, ``"mean_pattern"``), the
+        path of an earlier scan's result file, or a dict with ``kind`` and the fields of
+        :class:`~bluesky_ptycho.engine.probes.ProbeInit`. For ``kind: "optics"`` the optics may
+        be given physically instead: ``aperture_diameter_m`` and ``focal_length_m`` (or
+        ``outer_zone_width_m`` of a zone plate), optional ``central_stop_diameter_m``, and
+        ``defocus_m`` (positive: specimen downstream of the focus); they become pupil radii on
+        the engine's frames and a pupil curvature with this setup's geometry.
+        """
+        value = self.probe_init
+        if value is None:
+            return None
+        if isinstance(value, str):
+            if value in PROBE_INIT_KINDS:
+                return ProbeInit(kind=value)
+            return value  # a result file
+        if not isinstance(value, dict):
+            raise ValueError(f"probe_init must be a kind name, a path or a dict, got {value!r}")
+        fields = dict(value)
+        geo = self.geometry()
+        lam, z = geo.wavelength_m, float(self.detector_distance_m)
+        pixel = float(self.detector_pixel_m) * self.binning
+        physical = {
+            "aperture_diameter_m",
+            "focal_length_m",
+            "outer_zone_width_m",
+            "central_stop_diameter_m",
+        }
+        if physical & set(fields):
+            diameter = float(fields.pop("aperture_diameter_m"))
+            focal = fields.pop("focal_length_m", None)
+            zone = fields.pop("outer_zone_width_m", None)
+            if focal is None:
+                if zone is None:
+                    raise ValueError("optics need focal_length_m or outer_zone_width_m")
+                focal = diameter * float(zone) / lam
+            stop = float(fields.pop("central_stop_diameter_m", 0.0) or 0.0)
+            scale = z / (float(focal) * pixel)
+            fields.setdefault("kind", "optics")
+            fields["pupil_radius_px"] = 0.5 * diameter * scale
+            fields["stop_radius_px"] = 0.5 * stop * scale
+        defocus = fields.pop("defocus_m", None)
+        if defocus is not None and fields.get("curvature") is None:
+            fields["curvature"] = curvature_from_defocus(float(defocus), lam, z, pixel)
+        return ProbeInit.parse(fields)
 
     def geometry(self) -> Geometry:
         """The diffraction geometry of the frames the engine sees (after binning)."""

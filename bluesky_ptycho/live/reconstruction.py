@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from bluesky_ptycho.engine.epie import EPIE, EPIEOptions, positive_pair
+from bluesky_ptycho.engine.probes import ProbeInit
 from bluesky_ptycho.engine.state import ReconstructionState
 from bluesky_ptycho.live.guard import DivergenceGuard, divergence
 from bluesky_ptycho.live.options import LiveOptions, PacingPolicy, check_period
@@ -120,8 +121,9 @@ class LiveReconstruction:
         Frame and probe shape.
     expected_patterns : int, optional
         Patterns the scan will deliver; the engine preallocates storage for them.
-    probe : array, optional
-        Initial probe of shape ``probe_shape``; default a Gaussian scaled to the first frames.
+    probe : array, ProbeInit, str or dict, optional
+        Initial probe of shape ``probe_shape``, or how to make one from the first patterns
+        (see :class:`~bluesky_ptycho.engine.probes.ProbeInit`); default ``"auto"``.
     options : LiveOptions, optional
     name : str
         Used in the worker thread's name (``f"{name}-worker"``) and in log messages.
@@ -158,7 +160,9 @@ class LiveReconstruction:
             raise TypeError(f"options must be a LiveOptions, got {type(opts).__name__}")
         oshape = positive_pair(object_shape, "object_shape")
         pshape = positive_pair(probe_shape, "probe_shape")
-        if probe is not None and tuple(np.shape(probe)) != pshape:
+        if isinstance(probe, (ProbeInit, str, dict)):
+            probe = ProbeInit.parse(probe)
+        elif probe is not None and tuple(np.shape(probe)) != pshape:
             raise ValueError(f"probe has shape {tuple(np.shape(probe))}, probe_shape is {pshape}")
         self._name = str(name)
         self._object_shape = oshape

@@ -100,13 +100,13 @@ def make_live(small_dataset):
 
 def test_options_are_validated():
     with pytest.raises(ValueError, match="pacing mode"):
-        PacingPolicy(mode="eager")
+        PacingPolicy(min_patterns=2, mode="eager")
     with pytest.raises(ValueError, match="chunk_updates"):
-        PacingPolicy(chunk_updates=0)
+        PacingPolicy(min_patterns=2, chunk_updates=0)
     with pytest.raises(ValueError, match="max_updates_per_pattern"):
-        PacingPolicy(max_updates_per_pattern=0)
+        PacingPolicy(min_patterns=2, max_updates_per_pattern=0)
     with pytest.raises(ValueError, match="passes_per_batch"):
-        PacingPolicy(mode="batch", passes_per_batch=float("nan"))
+        PacingPolicy(min_patterns=2, mode="batch", passes_per_batch=float("nan"))
     with pytest.raises(ValueError, match="publish_period_s"):
         LiveOptions(publish_period_s=-1.0)
     with pytest.raises(ValueError, match="final_passes"):
@@ -194,7 +194,7 @@ def test_capped_policy_never_exceeds_the_cap_before_finish(small_dataset, make_l
     ds = small_dataset
     cap = 5
     live = make_live(
-        PacingPolicy(mode="capped", max_updates_per_pattern=cap, chunk_updates=16),
+        PacingPolicy(min_patterns=2, mode="capped", max_updates_per_pattern=cap, chunk_updates=16),
         publish_period_s=0.0,
     )
     rec = _Recorder()
@@ -208,7 +208,9 @@ def test_capped_policy_never_exceeds_the_cap_before_finish(small_dataset, make_l
     producer = threading.Thread(target=produce)
     producer.start()
     producer.join(TIMEOUT)
-    total = cap * ds.n_patterns
+    held = int(np.sum(np.arange(ds.n_patterns) % 25 == 12))  # validation_every=25 by default
+    assert held == 3
+    total = cap * (ds.n_patterns - held)
     assert _wait_for(
         lambda: live.status.pattern_updates == total and live.status.phase == "waiting"
     )
@@ -221,7 +223,10 @@ def test_capped_policy_never_exceeds_the_cap_before_finish(small_dataset, make_l
         assert snap.phase not in ("finishing", "finished")
         assert snap.state.updates_per_pattern.max(initial=0) <= cap
     # the least-updated-first choice spreads the updates: every pattern reached the cap
-    assert _wait_for(lambda: _latest_has(live, lambda s: s.state.updates_per_pattern.min() == cap))
+    trained = np.arange(ds.n_patterns) % 25 != 12
+    assert _wait_for(
+        lambda: _latest_has(live, lambda s: s.state.updates_per_pattern[trained].min() == cap)
+    )
 
     live.finish(final_passes=3)
     state = live.wait(TIMEOUT)
@@ -231,7 +236,7 @@ def test_capped_policy_never_exceeds_the_cap_before_finish(small_dataset, make_l
 
 def test_batch_policy_runs_passes_per_new_batch_then_waits(small_dataset, make_live):
     ds = small_dataset
-    live = make_live(PacingPolicy(mode="batch", passes_per_batch=2.0, chunk_updates=16))
+    live = make_live(PacingPolicy(min_patterns=2, mode="batch", passes_per_batch=2.0, chunk_updates=16))
     live.start()
     expected_updates = 0
     for k, (lo, hi) in enumerate([(0, 20), (20, 50), (50, 81)], start=1):
@@ -255,7 +260,7 @@ def test_batch_policy_runs_passes_per_new_batch_then_waits(small_dataset, make_l
 
 def test_free_mode_keeps_iterating_without_new_data(small_dataset, make_live):
     ds = small_dataset
-    live = make_live(PacingPolicy(mode="free", chunk_updates=32))
+    live = make_live(PacingPolicy(min_patterns=2, mode="free", chunk_updates=32))
     live.submit(ds.intensities, ds.positions_px)
     live.start()
     assert _wait_for(lambda: live.status.iteration >= 2)
@@ -269,7 +274,7 @@ def test_free_mode_keeps_iterating_without_new_data(small_dataset, make_live):
 
 def test_a_lone_first_pattern_is_not_iterated(small_dataset, make_live):
     ds = small_dataset
-    live = make_live(PacingPolicy(mode="free"), publish_period_s=0.0)
+    live = make_live(PacingPolicy(min_patterns=2, mode="free"), publish_period_s=0.0)
     live.start()
     live.submit(ds.intensities[0], ds.positions_px[0])
     # the worker ingested it and decided there is nothing to do
@@ -291,7 +296,7 @@ def test_a_lone_first_pattern_is_not_iterated(small_dataset, make_live):
 
 def test_pause_stops_updates_but_not_ingestion(small_dataset, make_live):
     ds = small_dataset
-    live = make_live(PacingPolicy(mode="free", chunk_updates=16))
+    live = make_live(PacingPolicy(min_patterns=2, mode="free", chunk_updates=16))
     live.submit(ds.intensities[:60], ds.positions_px[:60])
     live.start()
     assert _wait_for(lambda: live.status.pattern_updates > 0)
@@ -313,7 +318,7 @@ def test_pause_stops_updates_but_not_ingestion(small_dataset, make_live):
 
 def test_stop_ends_the_worker_and_keeps_the_state(small_dataset, make_live):
     ds = small_dataset
-    live = make_live(PacingPolicy(mode="free"), name="stopper")
+    live = make_live(PacingPolicy(min_patterns=2, mode="free"), name="stopper")
     rec = _Recorder()
     live.add_observer(rec)
     live.submit(ds.intensities, ds.positions_px)
@@ -332,7 +337,7 @@ def test_stop_ends_the_worker_and_keeps_the_state(small_dataset, make_live):
 
 def test_wait_times_out_while_running(small_dataset, make_live):
     ds = small_dataset
-    live = make_live(PacingPolicy(mode="free"))
+    live = make_live(PacingPolicy(min_patterns=2, mode="free"))
     with pytest.raises(RuntimeError):
         live.wait(0.01)  # never started
     live.submit(ds.intensities, ds.positions_px)
@@ -426,7 +431,7 @@ def test_record_rejection_and_failing_observers_are_reported(small_dataset, make
 
 def test_submit_never_waits_for_a_busy_worker(small_dataset, make_live):
     ds = small_dataset
-    live = make_live(PacingPolicy(mode="free"), staging_chunk=8, final_passes=1)
+    live = make_live(PacingPolicy(min_patterns=2, mode="free"), staging_chunk=8, final_passes=1)
     entered, release = threading.Event(), threading.Event()
 
     def slow_observer(snap: Snapshot) -> None:
@@ -483,7 +488,7 @@ def test_divergence_rolls_back_and_faults_until_resume(small_dataset, make_live,
             return done
 
     monkeypatch.setattr(reconstruction_module, "EPIE", DivergingEPIE)
-    live = make_live(PacingPolicy(mode="free", chunk_updates=16), publish_period_s=0.0)
+    live = make_live(PacingPolicy(min_patterns=2, mode="free", chunk_updates=16), publish_period_s=0.0)
     rec = _Recorder()
     live.add_observer(rec)
     live.submit(ds.intensities, ds.positions_px)
@@ -528,7 +533,7 @@ def test_divergence_rolls_back_and_faults_until_resume(small_dataset, make_live,
 
 def test_set_options_beta_zero_freezes_the_probe(small_dataset, make_live):
     ds = small_dataset
-    live = make_live(PacingPolicy(mode="free", chunk_updates=16), publish_period_s=0.0)
+    live = make_live(PacingPolicy(min_patterns=2, mode="free", chunk_updates=16), publish_period_s=0.0)
     rec = _Recorder()
     live.add_observer(rec)
     live.submit(ds.intensities, ds.positions_px)
@@ -556,7 +561,7 @@ def test_set_options_beta_zero_freezes_the_probe(small_dataset, make_live):
 
 def test_load_state_mid_run(small_dataset, make_live):
     ds = small_dataset
-    live = make_live(PacingPolicy(mode="free", chunk_updates=16), publish_period_s=0.02)
+    live = make_live(PacingPolicy(min_patterns=2, mode="free", chunk_updates=16), publish_period_s=0.02)
     live.submit(ds.intensities, ds.positions_px)
     live.start()
     assert _wait_for(lambda: live.status.pattern_updates > 0)
