@@ -272,6 +272,7 @@ class EPIE:
         self._history: list[float] = []
         self._trace: list[tuple[float, float]] = []
         self._auto_tried_at = 0
+        self._frozen_validation = float("nan")
         self._pass_order = np.zeros(0, dtype=np.int64)
         self._pass_next = 0
         self._pass_num = 0.0
@@ -670,6 +671,19 @@ class EPIE:
             return np.ascontiguousarray(a, dtype=np.complex64)
         return a
 
+    def release_held_out(self) -> None:
+        """Put the held-out patterns back into the updates (e.g. for the final passes).
+
+        The validation error measured just before stays what :meth:`validation_error` reports,
+        so the last "did it work" value survives; the reconstruction then uses every pattern.
+        """
+        if int(self._options.validation_every) < 2:
+            return
+        self._frozen_validation = self.validation_error()
+        self._options = replace(self._options, validation_every=0)
+        self._pass_order = np.zeros(0, dtype=np.int64)
+        self._pass_next = 0
+
     def validation_error(self) -> float:
         """Fourier error the current model predicts for the held-out patterns (NaN if none).
 
@@ -681,7 +695,7 @@ class EPIE:
         """
         held = np.flatnonzero(self.held_out)
         if held.size == 0 or self._probe is None or self._store is None:
-            return float("nan")
+            return self._frozen_validation
         xp = self._be.xp
         n0, n1 = self._probe_shape  # type: ignore[misc]
         num = 0.0

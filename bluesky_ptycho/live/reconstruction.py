@@ -649,6 +649,9 @@ class LiveReconstruction:
         self._guard.ensure_good(engine)
         # an unfinished pass (it may miss the newest patterns) is completed first
         remaining = passes + (1 if self._pacer.pass_open else 0) if passes > 0 else 0
+        if remaining:  # the final passes use every pattern; the last signal value is kept
+            engine.release_held_out()
+            self._pacer.state_replaced()
         while engine.n_patterns and remaining > 0:
             chunks, req = self._take_inputs()
             if req.stop:

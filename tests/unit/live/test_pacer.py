@@ -30,7 +30,10 @@ def test_capped_never_exceeds_the_cap_and_picks_the_fewest_updated_first(small_d
     engine = _engine(ds)
     cap, chunk = 3, 7
     pacer = Pacer(
-        engine, PacingPolicy(min_patterns=2, mode="capped", max_updates_per_pattern=cap, chunk_updates=chunk)
+        engine,
+        PacingPolicy(
+            min_patterns=2, mode="capped", max_updates_per_pattern=cap, chunk_updates=chunk
+        ),
     )
     _add(engine, pacer, ds, 0, 10)
 
@@ -63,7 +66,10 @@ def test_capped_never_exceeds_the_cap_and_picks_the_fewest_updated_first(small_d
 def test_capped_follows_the_engine_counts_after_sync(small_dataset):
     ds = small_dataset
     engine = _engine(ds)
-    pacer = Pacer(engine, PacingPolicy(min_patterns=2, mode="capped", max_updates_per_pattern=2, chunk_updates=4))
+    pacer = Pacer(
+        engine,
+        PacingPolicy(min_patterns=2, mode="capped", max_updates_per_pattern=2, chunk_updates=4),
+    )
     _add(engine, pacer, ds, 0, 6)
     engine.update([0, 0, 1, 1])  # outside the pacer: patterns 0 and 1 at the cap
     pacer.sync(_counts(engine))
@@ -76,7 +82,9 @@ def test_capped_follows_the_engine_counts_after_sync(small_dataset):
 def test_batch_runs_its_budget_then_waits(small_dataset):
     ds = small_dataset
     engine = _engine(ds)
-    pacer = Pacer(engine, PacingPolicy(min_patterns=2, mode="batch", passes_per_batch=2.0, chunk_updates=16))
+    pacer = Pacer(
+        engine, PacingPolicy(min_patterns=2, mode="batch", passes_per_batch=2.0, chunk_updates=16)
+    )
     assert pacer.run_chunk() is None  # nothing held
     _add(engine, pacer, ds, 0, 20)
     assert pacer.budget == 40

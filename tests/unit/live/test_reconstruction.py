@@ -231,12 +231,17 @@ def test_capped_policy_never_exceeds_the_cap_before_finish(small_dataset, make_l
     live.finish(final_passes=3)
     state = live.wait(TIMEOUT)
     assert state.iteration >= 3
-    assert state.updates_per_pattern.min() >= cap + 3
+    assert state.updates_per_pattern[trained].min() >= cap + 3
+    # the final passes put the held-out validation patterns back into use
+    assert state.updates_per_pattern[~trained].min() >= 3
+    assert np.isfinite(state.validation_error)  # the last signal value is kept
 
 
 def test_batch_policy_runs_passes_per_new_batch_then_waits(small_dataset, make_live):
     ds = small_dataset
-    live = make_live(PacingPolicy(min_patterns=2, mode="batch", passes_per_batch=2.0, chunk_updates=16))
+    live = make_live(
+        PacingPolicy(min_patterns=2, mode="batch", passes_per_batch=2.0, chunk_updates=16)
+    )
     live.start()
     expected_updates = 0
     for k, (lo, hi) in enumerate([(0, 20), (20, 50), (50, 81)], start=1):
@@ -488,7 +493,9 @@ def test_divergence_rolls_back_and_faults_until_resume(small_dataset, make_live,
             return done
 
     monkeypatch.setattr(reconstruction_module, "EPIE", DivergingEPIE)
-    live = make_live(PacingPolicy(min_patterns=2, mode="free", chunk_updates=16), publish_period_s=0.0)
+    live = make_live(
+        PacingPolicy(min_patterns=2, mode="free", chunk_updates=16), publish_period_s=0.0
+    )
     rec = _Recorder()
     live.add_observer(rec)
     live.submit(ds.intensities, ds.positions_px)
@@ -533,7 +540,9 @@ def test_divergence_rolls_back_and_faults_until_resume(small_dataset, make_live,
 
 def test_set_options_beta_zero_freezes_the_probe(small_dataset, make_live):
     ds = small_dataset
-    live = make_live(PacingPolicy(min_patterns=2, mode="free", chunk_updates=16), publish_period_s=0.0)
+    live = make_live(
+        PacingPolicy(min_patterns=2, mode="free", chunk_updates=16), publish_period_s=0.0
+    )
     rec = _Recorder()
     live.add_observer(rec)
     live.submit(ds.intensities, ds.positions_px)
@@ -561,7 +570,9 @@ def test_set_options_beta_zero_freezes_the_probe(small_dataset, make_live):
 
 def test_load_state_mid_run(small_dataset, make_live):
     ds = small_dataset
-    live = make_live(PacingPolicy(min_patterns=2, mode="free", chunk_updates=16), publish_period_s=0.02)
+    live = make_live(
+        PacingPolicy(min_patterns=2, mode="free", chunk_updates=16), publish_period_s=0.02
+    )
     live.submit(ds.intensities, ds.positions_px)
     live.start()
     assert _wait_for(lambda: live.status.pattern_updates > 0)
