@@ -41,7 +41,7 @@ from bluesky_ptycho.callback import PtychoCallback
 from bluesky_ptycho.io.result import write_result
 from bluesky_ptycho.live import LiveOptions, LiveReconstruction, Snapshot
 
-from .views import RunInfo, SnapshotView, make_view, resolve_inside
+from .views import SIGNAL_OK_RATIO, RunInfo, SnapshotView, make_view, resolve_inside
 
 __all__ = ["EVENT_ATTRIBUTES", "PtychoReconstruction"]
 
@@ -58,6 +58,9 @@ EVENT_ATTRIBUTES = (
     "PatternsInUse",
     "FourierError",
     "ErrorHistory",
+    "ValidationError",
+    "ValidationRatio",
+    "SignalOK",
     "ScanUid",
     "Progress",
     "RunPhase",
@@ -85,6 +88,17 @@ class _Pending:
 
 class _Cancelled(Exception):
     """Raised into a replay by the device to abandon it (Stop, Reset, shutdown)."""
+
+
+def _signal_text(ratio: float) -> str:
+    """The validation ratio in words, for Status."""
+    if not math.isfinite(ratio):
+        return "validation ratio not yet known"
+    if ratio <= SIGNAL_OK_RATIO:
+        return f"validation ratio {ratio:.2f} (found the specimen)"
+    if ratio <= 2.0:
+        return f"validation ratio {ratio:.2f} (not yet clear)"
+    return f"validation ratio {ratio:.2f} (plateau: not the specimen yet)"
 
 
 def _refuse(reason: str, desc: str, origin: str) -> None:
@@ -318,6 +332,9 @@ class PtychoReconstruction(Device):
             "PatternsInUse": view.patterns_in_use,
             "FourierError": view.fourier_error,
             "ErrorHistory": view.error_history,
+            "ValidationError": view.validation_error,
+            "ValidationRatio": view.validation_ratio,
+            "SignalOK": view.signal_ok,
             "ScanUid": view.uid,
             "Progress": view.progress,
             "RunPhase": view.phase,
@@ -370,6 +387,8 @@ class PtychoReconstruction(Device):
                 f"{live.patterns_in_use} in use, iteration {live.iteration}, "
                 f"{live.pattern_updates} updates, Fourier error {live.fourier_error:.4g}"
             )
+        if view.seq:
+            lines.append(f"did it work: {_signal_text(view.validation_ratio)}")
         lines.append(f"callback: {cb.message}; {cb.rejected} item(s) rejected")
         feed = self._feed
         if feed is not None:
@@ -378,9 +397,12 @@ class PtychoReconstruction(Device):
                 + (f" (last: {feed.last_error})" if feed.last_error else "")
             )
         opts = self._callback.options
+        k = int(opts.epie.validation_every)
+        held = f"every {k}th pattern held out" if k else "no pattern held out"
         lines.append(
             f"options: alpha {opts.epie.alpha:g}, beta {opts.epie.beta:g}, cap "
-            f"{opts.pacing.max_updates_per_pattern} updates/pattern, final passes "
+            f"{opts.pacing.max_updates_per_pattern} updates/pattern ({opts.pacing.mode} "
+            f"pacing), {held}, final passes "
             f"{opts.final_passes}, publish period {opts.publish_period_s:g} s, backend "
             f"{opts.backend}; {self._pushes} snapshots pushed (last seq {view.seq})"
         )
@@ -458,8 +480,8 @@ class PtychoReconstruction(Device):
         unit="",
         format="%d",
         label="Iteration",
-        description="Completed passes over all patterns (while a scan runs the default capped "
-        "pacing visits patterns without counting passes; the final passes count).",
+        description="Completed passes over all patterns, during the scan (the default batch "
+        "pacing runs whole passes) and the final passes.",
     )
     PatternsReceived = attribute(
         dtype=int,
@@ -480,8 +502,9 @@ class PtychoReconstruction(Device):
         unit="",
         format="%.5f",
         label="Fourier error",
-        description="Latest normalised Fourier error sum((|F(PO)| - sqrt(I))^2) / sum(I); "
-        "NaN before the first update.",
+        description="Latest normalised Fourier error sum((|F(PO)| - sqrt(I))^2) / sum(I) of "
+        "the patterns in use, after the latest chunk of updates or pass (also while the scan "
+        "runs); NaN before the first update.",
     )
     ErrorHistory = attribute(
         dtype=(np.float64,),
@@ -489,7 +512,38 @@ class PtychoReconstruction(Device):
         unit="",
         format="%.5f",
         label="Error history",
-        description="Normalised Fourier error of every completed pass, oldest first.",
+        description="Normalised Fourier error after every chunk of updates (during the scan "
+        "and the final passes), oldest first; thinned to every other entry when it grows "
+        "past a few hundred. The last entry is FourierError.",
+    )
+    ValidationError = attribute(
+        dtype=float,
+        unit="",
+        format="%.5f",
+        label="Validation error",
+        description="Normalised Fourier error the current probe and object predict for the "
+        "held-out patterns (every 25th pattern is never used in an update); NaN when none is "
+        "held out yet.",
+    )
+    ValidationRatio = attribute(
+        dtype=float,
+        unit="",
+        format="%.3f",
+        max_warning=SIGNAL_OK_RATIO,
+        max_alarm=2.0,
+        label="Validation ratio",
+        description="The 'did it work' signal: ValidationError / FourierError. About 1 "
+        "(measured 0.95 to 1.3): the reconstruction has found the specimen, it predicts "
+        "patterns it never saw as well as those it fits. Above 2 (measured 2 to 6): a "
+        "plateau, probe and object fit the patterns in use without being the specimen and "
+        "illumination. NaN: not yet known (no held-out pattern or no error yet). Quality "
+        f"WARNING above {SIGNAL_OK_RATIO:g}, ALARM above 2.",
+    )
+    SignalOK = attribute(
+        dtype=bool,
+        label="Signal OK",
+        description=f"True when ValidationRatio is known and at most {SIGNAL_OK_RATIO:g} "
+        "(the reconstruction has found the specimen); False on a plateau or while unknown.",
     )
     ScanUid = attribute(
         dtype=str,
@@ -558,6 +612,15 @@ class PtychoReconstruction(Device):
     def read_ErrorHistory(self) -> np.ndarray:
         return self._view.error_history
 
+    def read_ValidationError(self) -> float:
+        return self._view.validation_error
+
+    def read_ValidationRatio(self) -> float:
+        return self._view.validation_ratio
+
+    def read_SignalOK(self) -> bool:
+        return self._view.signal_ok
+
     def read_ScanUid(self) -> str:
         return self._view.uid
 
@@ -578,9 +641,10 @@ class PtychoReconstruction(Device):
         unit="updates/pattern",
         format="%d",
         label="Iterations per batch",
-        description="Pacing while a scan runs: each pattern is used in at most this many ePIE "
-        "updates before new data arrives (PacingPolicy.max_updates_per_pattern of the "
-        "default 'capped' policy). Applies to the running and the next runs; 1..1000.",
+        description="Cap of the 'capped' pacing policy: each pattern is used in at most this "
+        "many ePIE updates before new data arrives (PacingPolicy.max_updates_per_pattern). "
+        "The default 'batch' policy does not use it. Applies to the running and the next "
+        "runs; 1..1000.",
     )
     def IterationsPerBatch(self) -> int:
         return int(self._callback.options.pacing.max_updates_per_pattern)

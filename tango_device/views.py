@@ -18,7 +18,22 @@ import numpy as np
 from bluesky_ptycho.live import Snapshot
 from bluesky_ptycho.setup import START_KEY, ScanSetup
 
-__all__ = ["RunInfo", "SnapshotView", "make_view", "progress_percent", "resolve_inside"]
+__all__ = [
+    "SIGNAL_OK_RATIO",
+    "RunInfo",
+    "SnapshotView",
+    "make_view",
+    "progress_percent",
+    "resolve_inside",
+    "signal_ok",
+]
+
+SIGNAL_OK_RATIO = 1.5
+"""``SignalOK`` is True when the validation ratio is at most this (finite) value.
+
+Measured (see :attr:`~bluesky_ptycho.engine.state.ReconstructionState.validation_ratio`): 0.95
+to 1.3 once the reconstruction has found the specimen, 2 to 6 on a plateau.
+"""
 
 
 @dataclass(frozen=True)
@@ -89,9 +104,17 @@ class SnapshotView:
     patterns_received, patterns_in_use : int
         Frames handed to the reconstruction, and patterns the engine holds.
     fourier_error : float
-        Latest normalised Fourier error (NaN before the first).
+        Latest normalised Fourier error, of a pass or of a chunk of updates while the scan
+        runs (``state.latest_error``; NaN before the first).
     error_history : ndarray, float64
-        Fourier error of every completed pass.
+        The Fourier error after every chunk of updates, oldest first (``error_trace[:, 1]``,
+        thinned to at most a few hundred entries); the per-pass errors when there is no trace.
+    validation_error : float
+        Fourier error of the held-out patterns (NaN when none are held out or not yet known).
+    validation_ratio : float
+        ``validation_error / fourier_error``, the "did it work" signal (NaN until known).
+    signal_ok : bool
+        ``validation_ratio <= SIGNAL_OK_RATIO`` (False while the ratio is NaN).
     progress : float
         Percent of the announced patterns received.
     """
@@ -109,6 +132,9 @@ class SnapshotView:
     patterns_in_use: int
     fourier_error: float
     error_history: np.ndarray
+    validation_error: float
+    validation_ratio: float
+    signal_ok: bool
     progress: float
 
     @classmethod
@@ -129,8 +155,16 @@ class SnapshotView:
             patterns_in_use=0,
             fourier_error=math.nan,
             error_history=np.zeros(0, dtype=np.float64),
+            validation_error=math.nan,
+            validation_ratio=math.nan,
+            signal_ok=False,
             progress=0.0,
         )
+
+
+def signal_ok(ratio: float) -> bool:
+    """True when the validation ratio is known and at most :data:`SIGNAL_OK_RATIO`."""
+    return bool(math.isfinite(ratio) and ratio <= SIGNAL_OK_RATIO)
 
 
 def make_view(
@@ -151,8 +185,8 @@ def make_view(
     expected : int or None
         Patterns announced by the start document (for :attr:`SnapshotView.progress`).
     fourier_error : float, optional
-        The latest error known to the live reconstruction (its status); when NaN, the last
-        completed pass's error from the snapshot is used.
+        Used only when the snapshot's state knows no error yet (``state.latest_error`` is
+        NaN), e.g. the live reconstruction's status.
 
     Returns
     -------
@@ -161,10 +195,15 @@ def make_view(
     st = snapshot.state
     obj = np.asarray(st.object)
     probe = np.asarray(st.probe)
-    history = np.asarray(st.fourier_error, dtype=np.float64).copy()
-    err = float(fourier_error)
-    if not math.isfinite(err) and history.size:
-        err = float(history[-1])
+    trace = np.asarray(st.error_trace, dtype=np.float64).reshape(-1, 2)
+    if trace.shape[0]:
+        history = trace[:, 1].copy()
+    else:
+        history = np.asarray(st.fourier_error, dtype=np.float64).copy()
+    err = float(st.latest_error)
+    if not math.isfinite(err):
+        err = float(fourier_error)
+    ratio = float(st.validation_ratio)
     positions = np.asarray(st.positions_px, dtype=np.float64).reshape(-1, 2).copy()
     return SnapshotView(
         seq=int(snapshot.seq),
@@ -180,6 +219,9 @@ def make_view(
         patterns_in_use=int(snapshot.patterns_in_use),
         fourier_error=err,
         error_history=history,
+        validation_error=float(st.validation_error),
+        validation_ratio=ratio,
+        signal_ok=signal_ok(ratio),
         progress=progress_percent(int(snapshot.patterns_received), expected),
     )
 

@@ -1,7 +1,8 @@
 """A ready Taurus panel for the ``PtychoReconstruction`` Tango device.
 
 Object phase, probe amplitude and the error history as live images and a curve (taurus_pyqtgraph),
-next to a TaurusForm with the scalars, the steering attributes and the commands.
+the "did it work" signal (ValidationRatio with the SignalOK LED), and a TaurusForm with the
+scalars, the steering attributes and the commands.
 
     pip install "bluesky-ptycho[gui]"
     python docs/taurus/ptycho_panel.py tango-nodb://127.0.0.1:PORT/ptycho/recon/1
@@ -11,13 +12,25 @@ next to a TaurusForm with the scalars, the steering attributes and the commands.
 ``DEVICE`` is the device's Taurus name: ``tango-nodb://host:port/dom/fam/member`` for a
 database-free server (as ``bluesky-ptycho serve`` prints it), ``tango://dom/fam/member`` with a
 Tango database. The quick alternative without this file:
-``taurus form DEVICE/Iteration DEVICE/PatternsReceived DEVICE/FourierError DEVICE/Progress``.
+``taurus form DEVICE/Iteration DEVICE/PatternsReceived DEVICE/FourierError DEVICE/ValidationRatio
+DEVICE/Progress``.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+SIGNAL_LEGEND = "about 1 (up to 1.5, LED on): found the specimen; above 2: a plateau; NaN: not yet"
+SIGNAL_HELP = (
+    "Validation ratio = Fourier error of the held-out patterns (never used in an update) / "
+    "Fourier error of the patterns in use.\n"
+    "About 1 (measured 0.95 to 1.3; SignalOK up to 1.5): the reconstruction has found the "
+    "specimen.\n"
+    "Above 2 (measured 2 to 6): a plateau, probe and object fit the data without being the "
+    "specimen and illumination.\n"
+    "NaN: not yet known (no update or no held-out pattern yet)."
+)
 
 SCALARS = (
     "State",
@@ -28,6 +41,9 @@ SCALARS = (
     "PatternsInUse",
     "Iteration",
     "FourierError",
+    "ValidationError",
+    "ValidationRatio",
+    "SignalOK",
     "IterationsPerBatch",
     "Alpha",
     "Beta",
@@ -39,6 +55,7 @@ def build_panel(device: str):
     """The panel widget for ``device`` (a Taurus device name)."""
     import pyqtgraph as pg
     from taurus.external.qt import Qt
+    from taurus.qt.qtgui.display import TaurusLabel, TaurusLed
     from taurus.qt.qtgui.panel import TaurusForm
     from taurus_pyqtgraph import TaurusPlot
     from taurus_pyqtgraph.taurusimageitem import TaurusImageItem
@@ -63,14 +80,35 @@ def build_panel(device: str):
 
     errors = TaurusPlot()
     errors.setModel([f"{device}/ErrorHistory"])
-    errors.setTitle("Fourier error per pass")
+    errors.setTitle("Fourier error after every chunk of updates")
     errors.setLogMode(y=True)
-    layout.addWidget(errors, 1, 0)
+    layout.addWidget(errors, 1, 0, 2, 1)
+
+    signal = Qt.QGroupBox("Did it work?")
+    row = Qt.QGridLayout(signal)
+    ratio = TaurusLabel()
+    ratio.setModel(f"{device}/ValidationRatio")
+    font = ratio.font()
+    font.setPointSize(font.pointSize() * 2)
+    ratio.setFont(font)
+    led = TaurusLed()
+    led.setModel(f"{device}/SignalOK")
+    row.addWidget(Qt.QLabel("ValidationRatio"), 0, 0)
+    row.addWidget(ratio, 0, 1)
+    row.addWidget(led, 0, 2)
+    legend = Qt.QLabel(SIGNAL_LEGEND)
+    legend.setWordWrap(True)
+    row.addWidget(legend, 1, 0, 1, 3)
+    signal.setToolTip(SIGNAL_HELP)
+    window.taurus_items += [ratio, led]
+    layout.addWidget(signal, 1, 1)
 
     form = TaurusForm()
     form.setModel([f"{device}/{name}" for name in SCALARS])
-    layout.addWidget(form, 1, 1)
-    window.resize(1100, 800)
+    layout.addWidget(form, 2, 1)
+    layout.setRowStretch(0, 3)
+    layout.setRowStretch(2, 2)
+    window.resize(1100, 900)
     return window
 
 

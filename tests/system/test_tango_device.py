@@ -30,7 +30,7 @@ import pytest
 import tango
 from bluesky import RunEngine
 from bluesky_ptycho.plans import spirangle_ptycho
-from bluesky_ptycho.tango_device.views import progress_percent, resolve_inside
+from bluesky_ptycho.tango_device.views import progress_percent, resolve_inside, signal_ok
 from tango import DevState, EventType
 
 from bluesky_ptycho.callback import PtychoCallback
@@ -159,6 +159,8 @@ class Scan:
     t_end: float
     phase_events: EventLog
     ready_events: EventLog
+    ratio_events: EventLog
+    ratio_ready: EventLog
     mid_scan: dict[str, Any] = field(default_factory=dict)
     reference: Any = None
 
@@ -210,6 +212,8 @@ def scan(server: TangoServer, dev: Any, zmq_proxy: ProxyProcess, subscribe: Subs
 
     phase_events = subscribe("ObjectPhase", EventType.CHANGE_EVENT)
     ready_events = subscribe("ObjectPhase", EventType.DATA_READY_EVENT)
+    ratio_events = subscribe("ValidationRatio", EventType.CHANGE_EVENT)
+    ratio_ready = subscribe("ValidationRatio", EventType.DATA_READY_EVENT)
     RE = RunEngine({})
     publication = publish(RE, zmq_proxy.in_address)
     try:
@@ -274,7 +278,20 @@ def scan(server: TangoServer, dev: Any, zmq_proxy: ProxyProcess, subscribe: Subs
             pytest.fail(f"the run did not finish: {status}\n--- server log:\n{server.log()}")
     finally:
         publication.close()  # a Publisher left to the garbage collector can hang at exit
-    return Scan(server, zmq_proxy, bl, uid, docs, t_start, t_end, phase_events, ready_events, mid)
+    return Scan(
+        server,
+        zmq_proxy,
+        bl,
+        uid,
+        docs,
+        t_start,
+        t_end,
+        phase_events,
+        ready_events,
+        ratio_events,
+        ratio_ready,
+        mid,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -301,6 +318,8 @@ def test_views_helpers() -> None:
     assert progress_percent(81, 81) == 100.0
     assert progress_percent(20, 80) == 25.0
     assert progress_percent(100, 81) == 100.0
+    assert signal_ok(1.0) and signal_ok(1.5)
+    assert not signal_ok(1.51) and not signal_ok(4.0) and not signal_ok(math.nan)
 
 
 def test_resolve_inside(tmp_path: Path) -> None:
@@ -342,8 +361,9 @@ def test_live_scan_through_the_proxy(scan: Scan, dev: Any, reference: Any) -> No
     assert dev.PatternsInUse == n
     assert dev.Progress == pytest.approx(100.0)
     assert dev.Iteration >= FINAL_PASSES
-    history = np.asarray(dev.ErrorHistory)
-    assert history.shape == (dev.Iteration,)
+    history = np.asarray(dev.ErrorHistory)  # after every chunk of updates, thinned
+    assert history.ndim == 1 and history.size >= 10
+    assert np.all(np.isfinite(history) & (history > 0))
     assert math.isfinite(dev.FourierError) and dev.FourierError == pytest.approx(history[-1])
     positions = np.asarray(dev.ScanPositions)
     assert positions.shape == (n, 2)
@@ -373,6 +393,47 @@ def test_live_scan_through_the_proxy(scan: Scan, dev: Any, reference: Any) -> No
     # the last ObjectPhase event is the final object
     final_event = scan.phase_events.values()[-1]
     np.testing.assert_array_equal(final_event, dev.ObjectPhase)
+
+
+def test_validation_ratio_is_published_with_every_snapshot(scan: Scan, dev: Any) -> None:
+    """The "did it work" signal: events during the scan, a finite value, and its meaning."""
+    # every 25th pattern is held out (LiveOptions' default): 3 of the 81
+    during = scan.ratio_events.between(scan.t_start, scan.t_end)
+    finite = [float(v) for v in during if v is not None and math.isfinite(v)]
+    assert finite, f"no finite ValidationRatio event during the scan: {during}"
+    # one data-ready event per published snapshot, as for ObjectPhase
+    assert len(scan.ratio_ready.between(scan.t_start, scan.t_end)) >= 3
+
+    def same_snapshots() -> bool:  # the final snapshot's events may still be on their way
+        ready = [c for c in scan.ratio_ready.values() if c]
+        return ready == sorted(ready) and set(ready) == {c for c in scan.ready_events.values() if c}
+
+    assert wait_for(same_snapshots, timeout=10), (
+        scan.ratio_ready.values(),
+        scan.ready_events.values(),
+    )
+
+    ratio = dev.ValidationRatio
+    validation = dev.ValidationError
+    print(
+        f"ValidationRatio: {len(finite)} finite events during the scan "
+        f"({min(finite):.3f} to {max(finite):.3f}, last {finite[-1]:.3f}); final {ratio:.3f}"
+    )
+    assert math.isfinite(ratio) and math.isfinite(validation) and validation > 0
+    assert ratio == pytest.approx(validation / dev.FourierError, rel=1e-9)
+    # the last event is the final value
+    assert wait_for(lambda: scan.ratio_events.values()[-1] == pytest.approx(ratio), timeout=10)
+    # this run starts from a good probe and reconstructs the specimen (object error vs truth
+    # below 0.06, see test_live_scan_through_the_proxy): the signal says so
+    assert ratio < 1.5 and dev.SignalOK, f"ValidationRatio {ratio}"
+    # alarm levels: WARNING above 1.5, ALARM above 2 (generic clients colour it)
+    assert dev.read_attribute("ValidationRatio").quality == tango.AttrQuality.ATTR_VALID
+    config = dev.get_attribute_config("ValidationRatio")
+    assert float(config.alarms.max_warning) == 1.5 and float(config.alarms.max_alarm) == 2.0
+    assert "did it work: validation ratio" in dev.status()
+    for name in ("ValidationRatio", "ValidationError", "SignalOK"):
+        assert name in dev.get_attribute_list()
+    assert "plateau" in dev.get_attribute_config("ValidationRatio").description
 
 
 def test_commands_in_the_wrong_state_are_refused(scan: Scan, dev: Any) -> None:
@@ -466,6 +527,7 @@ def test_reset_drops_the_reconstruction(scan: Scan, dev: Any, subscribe: Subscri
     dev.Reset()
     assert dev.state() == DevState.ON
     assert dev.PatternsReceived == 0 and dev.ScanUid == "" and dev.Progress == 0
+    assert math.isnan(dev.ValidationRatio) and not dev.SignalOK
     assert np.size(dev.ObjectPhase) == 0
     assert wait_for(lambda: 0 in events.values()[1:], timeout=10), events.values()
     refused(lambda: dev.Save("after-reset.h5"), "no reconstruction")

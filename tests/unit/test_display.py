@@ -13,9 +13,14 @@ from matplotlib.figure import Figure
 
 from bluesky_ptycho.display import (
     LivePlot,
+    ScanSnapshots,
+    error_series,
     probe_phase_masked,
     result_figure,
     save_figure,
+    signal_verdict,
+    snapshot_path,
+    summary,
 )
 from bluesky_ptycho.engine.state import ReconstructionState
 
@@ -40,6 +45,19 @@ def make_state(passes: int = 3, seed: int = 0, shape: tuple[int, int] = (40, 48)
     )
 
 
+def make_scan_state(
+    n_patterns: int = 20, updates: int = 640, validation: float = 0.011, seed: int = 0
+) -> ReconstructionState:
+    """A state as published during a scan: no completed pass, only an error trace."""
+    state = make_state(passes=0, seed=seed)
+    state.positions_px = np.tile([[2.0, 3.0]], (n_patterns, 1))
+    state.pattern_updates = updates
+    steps = np.arange(64, updates + 1, 64, dtype=np.float64)
+    state.error_trace = np.column_stack([steps, np.geomspace(0.1, 0.01, steps.size)])
+    state.validation_error = validation
+    return state
+
+
 def titled_axes(fig: Figure) -> dict[str, object]:
     return {ax.get_title(): ax for ax in fig.axes if ax.get_title()}
 
@@ -58,7 +76,8 @@ def test_result_figure_panels() -> None:
     assert len(fig.axes) == 4 + 4 + 1
     axes = titled_axes(fig)
     assert axes["Fourier error"].get_yscale() == "log"
-    assert fig.get_suptitle().startswith("pass 3, 3 patterns")
+    assert fig.get_suptitle().startswith("pass 3, 3 updates/pattern, 3 patterns")
+    assert "validation ratio not yet known" in fig.get_suptitle()
 
 
 def test_result_figure_without_error_and_with_truth() -> None:
@@ -180,16 +199,16 @@ def test_live_plot_updates_images_in_place(tmp_path: Path) -> None:
     lo, hi = images["obj_phase"].get_clim()
     assert lo == pytest.approx(np.angle(new.object).min())
     assert hi == pytest.approx(np.angle(new.object).max())
-    assert list(axes["error"].lines) == [line]
+    assert list(axes["error"].lines) == [line, axes["error"].lines[1]]
     np.testing.assert_allclose(line.get_ydata(), new.fourier_error)
-    np.testing.assert_allclose(line.get_xdata(), [1, 2, 3, 4])
+    np.testing.assert_allclose(line.get_xdata(), [1, 2, 3, 4])  # a pass: 1 update/pattern
     assert axes["error"].get_yscale() == "log"
 
     received_dots, dots = axes["obj_phase"].collections
     np.testing.assert_allclose(dots.get_offsets(), (new.positions_px + N / 2)[:, ::-1])
     np.testing.assert_allclose(received_dots.get_offsets(), (received + N / 2)[:, ::-1])
     assert "patterns received: 3" in live.axes["patterns"].texts[0].get_text()
-    assert live.figure.get_suptitle().startswith("pass 4, 2 patterns")
+    assert live.figure.get_suptitle().startswith("pass 4, 6 updates/pattern, 2 patterns")
 
     path = live.save_png(tmp_path / "live.png")
     assert mpimg.imread(path).shape[:2] == (760, 1200)
@@ -241,3 +260,110 @@ def test_live_plot_from_a_worker_thread(tmp_path: Path) -> None:
 def test_live_plot_rejects_negative_interval() -> None:
     with pytest.raises(ValueError, match="min_interval_s"):
         LivePlot(-1.0)
+
+
+# --------------------------------------------------------------------------------------------
+# the error history during a scan, the "did it work" signal, snapshot files
+
+
+def test_error_series_from_the_trace_in_updates_per_pattern() -> None:
+    state = make_scan_state(n_patterns=20, updates=640)
+    x, y = error_series(state)
+    np.testing.assert_allclose(x, state.error_trace[:, 0] / 20)
+    np.testing.assert_allclose(y, state.error_trace[:, 1])
+    assert x[-1] == pytest.approx(32.0)
+    # a state without a trace (an older file): the per-pass errors, one update per pattern each
+    x, y = error_series(make_state(passes=3))
+    np.testing.assert_allclose(x, [1, 2, 3])
+    np.testing.assert_allclose(y, make_state(passes=3).fourier_error)
+
+
+def test_result_figure_error_panel_from_the_trace_alone() -> None:
+    state = make_scan_state()
+    assert state.iteration == 0 and state.fourier_error.size == 0
+    ax = titled_axes(result_figure(state))["Fourier error"]
+    curve, held = ax.lines
+    assert curve.get_xdata().size == state.error_trace.shape[0] > 0
+    np.testing.assert_allclose(curve.get_ydata(), state.error_trace[:, 1])
+    np.testing.assert_allclose(held.get_xdata(), [32.0])
+    np.testing.assert_allclose(held.get_ydata(), [0.011])
+    assert ax.get_yscale() == "log" and ax.get_xlabel() == "updates per pattern held"
+    lo, hi = ax.get_ylim()
+    assert lo <= 0.01 and hi >= 0.1  # autoscaled to the data
+
+
+def test_live_plot_error_panel_has_data_during_the_scan() -> None:
+    live = LivePlot(min_interval_s=0.0)
+    state = make_scan_state(validation=float("nan"))
+    live.update(state)
+    curve, held = live.axes["error"].lines
+    np.testing.assert_allclose(curve.get_xdata(), state.error_trace[:, 0] / 20)
+    np.testing.assert_allclose(curve.get_ydata(), state.error_trace[:, 1])
+    assert held.get_xdata().size == 0  # no validation error known yet
+    assert "validation ratio not yet known" in live.figure.get_suptitle()
+
+    # the held-out error of every state shown is kept, at the updates per pattern it had
+    live.update(make_scan_state(n_patterns=20, updates=640, validation=0.011))
+    later = make_scan_state(n_patterns=40, updates=1280, validation=0.012)
+    live.update(later)
+    np.testing.assert_allclose(held.get_xdata(), [640 / 40, 1280 / 40])
+    np.testing.assert_allclose(held.get_ydata(), [0.011, 0.012])
+    np.testing.assert_allclose(curve.get_xdata(), later.error_trace[:, 0] / 40)
+    title = live.figure.get_suptitle()
+    assert title.startswith("pass 0, 32 updates/pattern, 40 patterns, Fourier error 0.01,")
+    assert title.endswith("validation ratio 1.20 (converging)")
+    text = live.axes["patterns"].texts[0].get_text()
+    assert "validation ratio: 1.20 (converging)" in text and "updates per pattern: 32" in text
+
+    # a new run (fewer updates) starts the held-out history over
+    live.update(make_scan_state(n_patterns=20, updates=128, validation=0.05))
+    np.testing.assert_allclose(held.get_ydata(), [0.05])
+    assert "plateau" in live.figure.get_suptitle()  # 0.05 / 0.01 = 5
+
+
+def test_signal_verdict() -> None:
+    assert signal_verdict(float("nan")) == "not yet known"
+    assert signal_verdict(0.95) == signal_verdict(1.5) == "converging"
+    assert signal_verdict(1.8) == "unclear"
+    assert signal_verdict(2.5) == signal_verdict(6.0) == "plateau"
+    state = make_scan_state(validation=0.0108)  # latest error 0.01
+    assert summary(state) == (
+        "pass 0, 32 updates/pattern, 20 patterns, Fourier error 0.01, "
+        "validation ratio 1.08 (converging)"
+    )
+
+
+def test_scan_snapshots_are_named_by_the_fraction_of_the_scan(tmp_path: Path) -> None:
+    assert snapshot_path(tmp_path, 50) == tmp_path / "snapshot-050pct.png"
+    snaps = ScanSnapshots(LivePlot(min_interval_s=60.0), tmp_path, total=81)
+    assert snaps.pending == [25, 50, 75, 100]
+    # marks at ceil(81 * p / 100) patterns: 21, 41, 61, 81
+    assert snaps.offer(make_scan_state(n_patterns=20, updates=640)) == []
+    assert snaps.offer(make_scan_state(n_patterns=21, updates=700, validation=0.03)) == [25]
+    assert snaps.offer(make_scan_state(n_patterns=21, updates=800)) == []  # once per mark
+    # a state past two marks is written under both names
+    assert snaps.offer(make_scan_state(n_patterns=62, updates=1984, seed=3)) == [50, 75]
+    assert snaps.pending == [100]
+    written = snaps.close(timeout=60)
+    assert snaps.errors == []
+    names = ["snapshot-025pct.png", "snapshot-050pct.png", "snapshot-075pct.png"]
+    assert [p.name for p in written] == names
+    assert sorted(p.name for p in tmp_path.iterdir()) == names
+    assert snaps.summaries[written[0]].startswith("pass 0, 33.3 updates/pattern, 21 patterns")
+    assert snaps.summaries[written[0]].endswith("validation ratio 3.00 (plateau)")
+    assert snaps.summaries[written[2]].startswith("pass 0, 32 updates/pattern, 62 patterns")
+    img = mpimg.imread(written[0])
+    assert img.shape[:2] == (760, 1200) and float(np.std(img[..., :3])) > 0.05
+    assert snaps.offer(make_scan_state(n_patterns=81)) == []  # closed
+
+
+def test_scan_snapshot_titles_say_the_fraction(tmp_path: Path) -> None:
+    live = LivePlot(min_interval_s=60.0)
+    snaps = ScanSnapshots(live, tmp_path, total=40, percents=(50,))
+    snaps.offer(make_scan_state(n_patterns=20))
+    snaps.close(timeout=60)
+    first, second = live.figure.get_suptitle().split("\n")
+    assert first == "50 % of the scan (20/40 patterns)"
+    assert second.startswith("pass 0, 32 updates/pattern, 20 patterns")
+    # the error panel of the file has the trace
+    assert live.axes["error"].lines[0].get_xdata().size > 0
