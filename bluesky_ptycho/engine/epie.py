@@ -32,6 +32,7 @@ from bluesky_ptycho.engine.store import PatternStore
 
 ALGORITHMS = ("epie", "rpie", "mpie")
 _MAX_TRACE = 512
+VALIDATION_COVERAGE = 0.9
 
 __all__ = [
     "ALGORITHMS",
@@ -273,6 +274,7 @@ class EPIE:
         self._trace: list[tuple[float, float]] = []
         self._auto_tried_at = 0
         self._frozen_validation = float("nan")
+        self._frozen_baseline = float("nan")
         self._pass_order = np.zeros(0, dtype=np.int64)
         self._pass_next = 0
         self._pass_num = 0.0
@@ -671,15 +673,24 @@ class EPIE:
             return np.ascontiguousarray(a, dtype=np.complex64)
         return a
 
+    def state_error(self) -> float:
+        """The most recent Fourier error of the patterns in use (a chunk or a pass); NaN."""
+        if self._trace:
+            return float(self._trace[-1][1])
+        return float(self._history[-1]) if self._history else float("nan")
+
     def release_held_out(self) -> None:
         """Put the held-out patterns back into the updates (e.g. for the final passes).
 
         The validation error measured just before stays what :meth:`validation_error` reports,
-        so the last "did it work" value survives; the reconstruction then uses every pattern.
+        and the states carry the training error of that moment as ``validation_baseline``, so
+        the last "did it work" value survives unchanged; the reconstruction then uses every
+        pattern.
         """
         if int(self._options.validation_every) < 2:
             return
         self._frozen_validation = self.validation_error()
+        self._frozen_baseline = self.state_error()
         self._options = replace(self._options, validation_every=0)
         self._pass_order = np.zeros(0, dtype=np.int64)
         self._pass_next = 0
@@ -688,25 +699,38 @@ class EPIE:
         """Fourier error the current model predicts for the held-out patterns (NaN if none).
 
         Same normalisation as the per-pass error, ``sum((|F(P O)| - sqrt(I))**2) / sum(I)``,
-        over patterns that never took part in an update (``validation_every``). On a
-        reconstruction that has found the specimen it is close to the training error; on a
-        plateau, where probe and object fit the patterns they were updated with but not the
-        specimen, it stays high.
+        over the patterns that never took part in an update (``validation_every``) and whose
+        probe footprint lies where the patterns in use have lit the object (at least
+        :data:`VALIDATION_COVERAGE` of the probe's intensity on pixels lit to a tenth of the
+        brightest): a held-out pattern at the frontier of the scan tests coverage, not the
+        model. On a reconstruction that has found the specimen it is close to the training
+        error; on a plateau, where probe and object fit the patterns they were updated with
+        but are not the specimen and illumination, it stays well above it.
         """
-        held = np.flatnonzero(self.held_out)
+        held_mask = self.held_out
+        held = np.flatnonzero(held_mask)
         if held.size == 0 or self._probe is None or self._store is None:
             return self._frozen_validation
-        xp = self._be.xp
         n0, n1 = self._probe_shape  # type: ignore[misc]
+        corners = self._store.corners
+        inten = np.abs(to_numpy(self._probe)).astype(np.float64) ** 2
+        lit = np.zeros(self._object_shape, dtype=np.float64)
+        for r, c in corners[~held_mask].tolist():
+            lit[r : r + n0, c : c + n1] += inten
+        lit_mask = lit > 0.1 * lit.max() if lit.max() > 0 else lit > 0
+        total = float(inten.sum())
+        xp = self._be.xp
         num = 0.0
         den = 0.0
         for j in held.tolist():
-            r, c = (int(v) for v in self._store.corners[j])
+            r, c = (int(v) for v in corners[j])
+            covered = float(np.sum(inten * lit_mask[r : r + n0, c : c + n1]))
+            if not total > 0 or covered < VALIDATION_COVERAGE * total:
+                continue
             spectrum = self._be.fft2(self._probe * self._object[r : r + n0, c : c + n1])
             model = to_numpy(xp.abs(spectrum)).astype(np.float64)
             amp = self._store.amplitude(j).astype(np.float64)
-            good = amp >= 0
-            diff = np.where(good, model - amp, 0.0)
+            diff = np.where(amp >= 0, model - amp, 0.0)
             num += float(np.sum(diff * diff))
             den += float(self._store.sums[j])
         return num / den if den > 0 else float("nan")

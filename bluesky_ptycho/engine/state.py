@@ -37,6 +37,10 @@ class ReconstructionState:
     validation_error : float
         Fourier error the model predicts for the held-out patterns (NaN when none are held
         out); see :meth:`bluesky_ptycho.engine.EPIE.validation_error`.
+    validation_baseline : float
+        The error of the patterns in use at the moment ``validation_error`` was measured when
+        that was earlier (the held-out patterns were put back into use for the final passes);
+        NaN while the validation is current (``latest_error`` is then the baseline).
     """
 
     object: np.ndarray
@@ -48,6 +52,7 @@ class ReconstructionState:
     updates_per_pattern: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     error_trace: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), dtype=np.float64))
     validation_error: float = float("nan")
+    validation_baseline: float = float("nan")
 
     @property
     def latest_error(self) -> float:
@@ -67,7 +72,9 @@ class ReconstructionState:
         (measured 2 to 6) on a plateau, where probe and object fit the patterns in use without
         being the specimen and illumination. NaN until both errors are known.
         """
-        train = self.latest_error
+        train = self.validation_baseline
+        if not train == train:
+            train = self.latest_error
         val = self.validation_error
         if not (train > 0 and val == val):
             return float("nan")
@@ -90,4 +97,5 @@ class ReconstructionState:
             updates_per_pattern=self.updates_per_pattern.copy(),
             error_trace=self.error_trace.copy(),
             validation_error=self.validation_error,
+            validation_baseline=self.validation_baseline,
         )
