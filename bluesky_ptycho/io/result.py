@@ -13,6 +13,9 @@ show something sensible, while the file stays simple enough to read with plain `
             iteration, pattern_updates          scalar int64
             fourier_error                       (iteration,) float64, one value per pass
             updates_per_pattern                 (n,) int64
+            error_trace                         (k, 2) float64: (updates, Fourier error) per chunk
+            validation_error, validation_baseline, validation_ratio
+                                                scalar float64: the "did it work" signal
             program, version, date              software name, version, UTC ISO-8601 time
         instrument_1                NXinstrument (only with a geometry); attrs: the geometry's
                                     ``to_dict()`` items flattened, ``geometry_json`` (exact) and
@@ -281,6 +284,15 @@ def _write(
             process.create_dataset("pattern_updates", data=np.int64(state.pattern_updates))
             process.create_dataset("fourier_error", data=arrays["fourier_error"])
             process.create_dataset("updates_per_pattern", data=arrays["updates_per_pattern"])
+            process.create_dataset(
+                "error_trace", data=np.asarray(state.error_trace, np.float64).reshape(-1, 2)
+            )
+            for name in ("validation_error", "validation_baseline", "validation_ratio"):
+                process.create_dataset(name, data=np.float64(getattr(state, name)))
+            process["validation_ratio"].attrs["description"] = (
+                "held-out Fourier error / error of the patterns in use: about 1 when the "
+                "reconstruction found the specimen, above 2 on a plateau, NaN if unknown"
+            )
             process.create_dataset("program", data=_SOFTWARE)
             process.create_dataset("version", data=_software_version())
             process.create_dataset("date", data=datetime.now(timezone.utc).isoformat())
@@ -477,6 +489,11 @@ def _read(f: h5py.File, path: Path) -> ResultFile:
         fourier_error=dataset(f"{p}/fourier_error")[()],
         updates_per_pattern=dataset(f"{p}/updates_per_pattern")[()],
     )
+    process_group = f[p]
+    if "error_trace" in process_group:  # older files have no signal
+        state.error_trace = np.asarray(process_group["error_trace"][()], np.float64).reshape(-1, 2)
+        state.validation_error = float(process_group["validation_error"][()])
+        state.validation_baseline = float(process_group["validation_baseline"][()])
 
     program = _read_str(f, f"{p}/program", _SOFTWARE)
     version_str = _read_str(f, f"{p}/version", "unknown")

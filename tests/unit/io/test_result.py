@@ -361,3 +361,22 @@ def test_bad_state_shape_is_rejected_before_writing(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="positions_px"):
         write_result(tmp_path / "r.h5", state)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_did_it_work_signal_and_error_trace_round_trip(tmp_path):
+    state = ReconstructionState(
+        object=np.ones((20, 20), np.complex64),
+        probe=np.ones((8, 8), np.complex64),
+        positions_px=np.zeros((3, 2)),
+        error_trace=np.array([[10.0, 0.2], [20.0, 0.1]]),
+        validation_error=0.12,
+        validation_baseline=0.1,
+    )
+    path = tmp_path / "signal.h5"
+    write_result(path, state)
+    back = read_result(path).state
+    np.testing.assert_array_equal(back.error_trace, state.error_trace)
+    assert back.validation_error == pytest.approx(0.12)
+    assert back.validation_ratio == pytest.approx(1.2)
+    with h5py.File(path) as f:
+        assert f["entry_1/process_1/validation_ratio"][()] == pytest.approx(1.2)
