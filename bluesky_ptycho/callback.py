@@ -22,7 +22,6 @@ from typing import Any
 import event_model
 import numpy as np
 
-from bluesky_ptycho.engine.probes import ProbeInit
 from bluesky_ptycho.engine.state import ReconstructionState
 from bluesky_ptycho.geometry import ObjectFrame
 from bluesky_ptycho.io.assets import AssetError, AssetRegistry, DatumLocator, StreamLocator
@@ -35,6 +34,7 @@ from bluesky_ptycho.live import (
     lower_thread_priority,
 )
 from bluesky_ptycho.preprocess import PreprocessConfig, preprocess
+from bluesky_ptycho.probes import ProbeInit
 from bluesky_ptycho.setup import START_KEY, ScanSetup
 
 __all__ = ["CallbackStatus", "PtychoCallback", "ScanSetup"]
@@ -124,7 +124,7 @@ class PtychoCallback(event_model.DocumentRouter):
         reconstruction, after preprocessing (background thread): for saving or showing frames.
     probe : array, ProbeInit, str or dict, optional
         Initial probe for every run (e.g. from an earlier scan), or how to make one
-        (:class:`~bluesky_ptycho.engine.probes.ProbeInit`: ``"auto"``, ``"gaussian"``,
+        (:class:`~bluesky_ptycho.probes.ProbeInit`: ``"auto"``, ``"gaussian"``,
         ``"mean_pattern"``, optics); otherwise the start document's ``probe_init`` (a kind name,
         a dict, or the path of a bluesky-ptycho result file, see
         :meth:`~bluesky_ptycho.setup.ScanSetup.start_probe`), otherwise the engine's

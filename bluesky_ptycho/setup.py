@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from bluesky_ptycho.engine.probes import PROBE_INIT_KINDS, ProbeInit, curvature_from_defocus
 from bluesky_ptycho.geometry import Geometry, ObjectFrame
 from bluesky_ptycho.preprocess import PreprocessConfig, is_power_of_two
+from bluesky_ptycho.probes import PROBE_INIT_KINDS, ProbeInit, curvature_from_defocus
 
 __all__ = ["START_KEY", "ScanSetup"]
 
@@ -165,7 +165,7 @@ class ScanSetup:
 
         ``probe_init`` may be a kind name (``"auto"``, ``"gaussian"``, ``"mean_pattern"``), the
         path of an earlier scan's result file, or a dict with ``kind`` and the fields of
-        :class:`~bluesky_ptycho.engine.probes.ProbeInit`. For ``kind: "optics"`` the optics may
+        :class:`~bluesky_ptycho.probes.ProbeInit`. For ``kind: "optics"`` the optics may
         be given physically instead: ``aperture_diameter_m`` and ``focal_length_m`` (or
         ``outer_zone_width_m`` of a zone plate), optional ``central_stop_diameter_m``, and
         ``defocus_m`` (positive: specimen downstream of the focus); they become pupil radii on

@@ -26,9 +26,9 @@ import numpy as np
 from bluesky_ptycho.backend import Backend, backend_for, get_backend, to_numpy
 from bluesky_ptycho.engine import constraints
 from bluesky_ptycho.engine.forward import integer_positions
-from bluesky_ptycho.engine.probes import ProbeInit, make_start_probe
 from bluesky_ptycho.engine.state import ReconstructionState
 from bluesky_ptycho.engine.store import PatternStore
+from bluesky_ptycho.probes import ProbeInit, make_start_probe
 
 ALGORITHMS = ("epie", "rpie", "mpie")
 _MAX_TRACE = 512
@@ -198,7 +198,7 @@ class EPIE:
         :meth:`bluesky_ptycho.geometry.Geometry.object_frame`).
     probe : array, ProbeInit, str or dict, optional
         Initial probe ``(N, N)``, or how to make one from the data
-        (:class:`~bluesky_ptycho.engine.probes.ProbeInit`, its kind name or a dict of its
+        (:class:`~bluesky_ptycho.probes.ProbeInit`, its kind name or a dict of its
         fields). Default ``"auto"``: made from the patterns held at the first update (the
         bright-field pupil with the defocus the shadow images show, or the Gaussian when the
         data show neither) and scaled to their mean counts; see :attr:`probe_origin`.

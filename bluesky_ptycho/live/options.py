@@ -40,7 +40,7 @@ class PacingPolicy:
     min_patterns : int
         Iterate only once this many patterns are held (default 16). The starting probe is
         made from the patterns held at the first update (see
-        :class:`~bluesky_ptycho.engine.probes.ProbeInit`): 16 neighbours are enough for the
+        :class:`~bluesky_ptycho.probes.ProbeInit`): 16 neighbours are enough for the
         shadow-image defocus estimate on the Siemens star, and updating a lone first pattern
         (no overlap yet) lets probe and object fit it exactly (a plateau).
     chunk_updates : int

@@ -32,7 +32,6 @@ from typing import Any
 import numpy as np
 
 from bluesky_ptycho.engine.epie import EPIE, EPIEOptions, positive_pair
-from bluesky_ptycho.engine.probes import ProbeInit
 from bluesky_ptycho.engine.state import ReconstructionState
 from bluesky_ptycho.live.guard import DivergenceGuard, divergence
 from bluesky_ptycho.live.options import LiveOptions, PacingPolicy, check_period
@@ -41,6 +40,7 @@ from bluesky_ptycho.live.phase import Phase, check_transition
 from bluesky_ptycho.live.publisher import Publisher, Snapshot
 from bluesky_ptycho.live.staging import Staging, StagingChunk, check_frames, feed
 from bluesky_ptycho.live.threads import lower_thread_priority
+from bluesky_ptycho.probes import ProbeInit
 
 __all__ = ["LiveReconstruction", "LiveStatus"]
 
@@ -123,7 +123,7 @@ class LiveReconstruction:
         Patterns the scan will deliver; the engine preallocates storage for them.
     probe : array, ProbeInit, str or dict, optional
         Initial probe of shape ``probe_shape``, or how to make one from the first patterns
-        (see :class:`~bluesky_ptycho.engine.probes.ProbeInit`); default ``"auto"``.
+        (see :class:`~bluesky_ptycho.probes.ProbeInit`); default ``"auto"``.
     options : LiveOptions, optional
     name : str
         Used in the worker thread's name (``f"{name}-worker"``) and in log messages.

@@ -17,8 +17,8 @@ import pytest
 
 from bluesky_ptycho import EPIEOptions, reconstruct
 from bluesky_ptycho.engine.epie import scale_probe
-from bluesky_ptycho.engine.probes import estimate_defocus
 from bluesky_ptycho.metrics import illuminated_region, object_error
+from bluesky_ptycho.probes import estimate_defocus
 
 pytestmark = pytest.mark.slow
 

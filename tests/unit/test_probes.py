@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from bluesky_ptycho.engine.probes import (
+from bluesky_ptycho.probes import (
     ProbeInit,
     bright_field,
     curvature_from_defocus,
