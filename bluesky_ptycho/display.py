@@ -29,6 +29,9 @@ from matplotlib.backend_bases import FigureCanvasBase
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from bluesky_ptycho.engine.state import SIGNAL_FOUND, SIGNAL_NOT_FOUND
+from bluesky_ptycho.engine.state import signal_verdict as state_signal_verdict
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.collections import PathCollection
@@ -67,14 +70,10 @@ _RECEIVED_COLOR = "tab:orange"
 _ERROR_COLOR = "tab:blue"
 _VALIDATION_COLOR = "tab:red"
 
-SIGNAL_OK_RATIO = 1.5
-"""A validation ratio at most this says the reconstruction has found the specimen.
-
-See :attr:`~bluesky_ptycho.engine.state.ReconstructionState.validation_ratio`: measured 0.95
-to 1.3 once it has, 2 to 6 on a plateau.
-"""
-PLATEAU_RATIO = 2.0
-"""A validation ratio above this says the reconstruction is on a plateau."""
+SIGNAL_OK_RATIO = SIGNAL_FOUND
+"""A validation ratio at most this says the reconstruction has found the specimen."""
+PLATEAU_RATIO = SIGNAL_NOT_FOUND
+"""A validation ratio above this says the reconstruction has not found the specimen."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -165,19 +164,8 @@ def updates_per_pattern(state: ReconstructionState) -> float:
 
 
 def signal_verdict(ratio: float) -> str:
-    """The validation ratio in a word or two.
-
-    ``"not yet known"`` (NaN), ``"converging"`` (at most :data:`SIGNAL_OK_RATIO`: the model
-    predicts held-out patterns about as well as those it fits), ``"unclear"`` (up to
-    :data:`PLATEAU_RATIO`) or ``"plateau"`` (above it).
-    """
-    if not math.isfinite(ratio):
-        return "not yet known"
-    if ratio <= SIGNAL_OK_RATIO:
-        return "converging"
-    if ratio <= PLATEAU_RATIO:
-        return "unclear"
-    return "plateau"
+    """The validation ratio in words (see :func:`bluesky_ptycho.engine.state.signal_verdict`)."""
+    return state_signal_verdict(ratio)
 
 
 def summary(state: ReconstructionState) -> str:
@@ -624,8 +612,8 @@ class LivePlot:
         ratio_text = f"{ratio:.2f} " if math.isfinite(ratio) else ""
         lines.append(f"validation ratio: {ratio_text}({signal_verdict(ratio)})")
         lines.append(
-            f"  (held-out / in-use error;\n  <= {SIGNAL_OK_RATIO:g}: found the specimen,\n"
-            f"  > {PLATEAU_RATIO:g}: a plateau)"
+            f"  (held-out error / mean-pattern error;\n  <= {SIGNAL_OK_RATIO:g}: found the "
+            f"specimen,\n  > {PLATEAU_RATIO:g}: not found)"
         )
         self._patterns_text.set_text("\n".join(lines))
         self._figure.suptitle(f"{title}\n{summary(state)}" if title else summary(state))

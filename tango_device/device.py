@@ -38,6 +38,7 @@ from tango import AttrWriteType, DevState, DispLevel
 from tango.server import Device, attribute, command, device_property
 
 from bluesky_ptycho.callback import PtychoCallback
+from bluesky_ptycho.engine.state import SIGNAL_FOUND, SIGNAL_NOT_FOUND, signal_verdict
 from bluesky_ptycho.io.result import write_result
 from bluesky_ptycho.live import LiveOptions, LiveReconstruction, Snapshot
 
@@ -94,11 +95,7 @@ def _signal_text(ratio: float) -> str:
     """The validation ratio in words, for Status."""
     if not math.isfinite(ratio):
         return "validation ratio not yet known"
-    if ratio <= SIGNAL_OK_RATIO:
-        return f"validation ratio {ratio:.2f} (found the specimen)"
-    if ratio <= 2.0:
-        return f"validation ratio {ratio:.2f} (not yet clear)"
-    return f"validation ratio {ratio:.2f} (plateau: not the specimen yet)"
+    return f"validation ratio {ratio:.2f} ({signal_verdict(ratio)})"
 
 
 def _refuse(reason: str, desc: str, origin: str) -> None:
@@ -529,21 +526,22 @@ class PtychoReconstruction(Device):
         dtype=float,
         unit="",
         format="%.3f",
-        max_warning=SIGNAL_OK_RATIO,
-        max_alarm=2.0,
+        max_warning=SIGNAL_FOUND,
+        max_alarm=SIGNAL_NOT_FOUND,
         label="Validation ratio",
-        description="The 'did it work' signal: ValidationError / FourierError. About 1 "
-        "(measured 0.95 to 1.3): the reconstruction has found the specimen, it predicts "
-        "patterns it never saw as well as those it fits. Above 2 (measured 2 to 6): a "
-        "plateau, probe and object fit the patterns in use without being the specimen and "
-        "illumination. NaN: not yet known (no held-out pattern or no error yet). Quality "
-        f"WARNING above {SIGNAL_OK_RATIO:g}, ALARM above 2.",
+        description="The 'did it work' signal: the Fourier error of held-out patterns (never "
+        "used in an update) divided by that of predicting them by the mean pattern (a model "
+        "that knows nothing of the specimen). Well below 1 (measured 0.09 to 0.40): the "
+        "reconstruction has found the specimen. About 1 or more (measured 0.87 to 1.66): it "
+        "has not (a plateau, a wrong starting probe). NaN: not yet known (no held-out "
+        f"pattern inside the scanned area yet). Quality WARNING above {SIGNAL_FOUND:g}, "
+        f"ALARM above {SIGNAL_NOT_FOUND:g}.",
     )
     SignalOK = attribute(
         dtype=bool,
         label="Signal OK",
         description=f"True when ValidationRatio is known and at most {SIGNAL_OK_RATIO:g} "
-        "(the reconstruction has found the specimen); False on a plateau or while unknown.",
+        "(the reconstruction has found the specimen); False otherwise or while unknown.",
     )
     ScanUid = attribute(
         dtype=str,

@@ -33,6 +33,7 @@ from bluesky_ptycho.probes import ProbeInit, make_start_probe
 ALGORITHMS = ("epie", "rpie", "mpie")
 _MAX_TRACE = 512
 VALIDATION_COVERAGE = 0.9
+_AUTO_RETRY_UNTIL = 256  # patterns; the estimate uses at most 256
 
 __all__ = [
     "ALGORITHMS",
@@ -275,6 +276,9 @@ class EPIE:
         self._auto_tried_at = 0
         self._frozen_validation = float("nan")
         self._frozen_baseline = float("nan")
+        self._lit_cache: tuple[int, np.ndarray] | None = None
+        self._frame_sum: np.ndarray = np.zeros((1, 1))
+        self._frame_count = 0
         self._pass_order = np.zeros(0, dtype=np.int64)
         self._pass_next = 0
         self._pass_num = 0.0
@@ -426,6 +430,13 @@ class EPIE:
         if n == 0:
             return np.zeros(0, dtype=np.int64)
         # All checks passed: from here on nothing raises for bad input.
+        counts = np.clip(frames, 0, None).astype(np.float64)
+        if m is not None:
+            counts = np.where(m, 0.0, counts)
+        if self._frame_sum.shape != frame_shape:
+            self._frame_sum = np.zeros(frame_shape)
+        self._frame_sum += counts.sum(axis=0)
+        self._frame_count += n
         if self._probe_shape is None:
             self._set_probe_shape(frame_shape)
             self._store = PatternStore(self._be, frame_shape)
@@ -570,9 +581,9 @@ class EPIE:
         """Make the starting probe from the patterns held, if none was given.
 
         An ``"auto"`` start that fell back to the Gaussian (too few patterns for a shadow-image
-        estimate) is retried whenever the patterns held have doubled, while fewer than 20
-        passes' worth of updates were done; when the retry succeeds the reconstruction
-        restarts from the new probe and an object of ones.
+        estimate) is retried whenever the patterns held have doubled, up to 256 patterns;
+        when the retry succeeds the reconstruction restarts from the new probe and an object
+        of ones (a Gaussian start on such data is usually on a plateau: little is lost).
         """
         assert self._store is not None
         n = len(self._store)
@@ -582,7 +593,7 @@ class EPIE:
                 and self._probe_init.kind == "auto"
                 and self._probe_origin.startswith("gaussian")
                 and n >= 2 * self._auto_tried_at
-                and self._pattern_updates < 20 * n
+                and self._auto_tried_at < _AUTO_RETRY_UNTIL
             ):
                 self._retry_auto_probe()
             return
@@ -683,14 +694,13 @@ class EPIE:
         """Put the held-out patterns back into the updates (e.g. for the final passes).
 
         The validation error measured just before stays what :meth:`validation_error` reports,
-        and the states carry the training error of that moment as ``validation_baseline``, so
-        the last "did it work" value survives unchanged; the reconstruction then uses every
+        and the states carry the baseline of that moment as ``validation_baseline``, so the
+        last "did it work" value survives unchanged; the reconstruction then uses every
         pattern.
         """
         if int(self._options.validation_every) < 2:
             return
-        self._frozen_validation = self.validation_error()
-        self._frozen_baseline = self.state_error()
+        self._frozen_validation, self._frozen_baseline = self.validation()
         self._options = replace(self._options, validation_every=0)
         self._pass_order = np.zeros(0, dtype=np.int64)
         self._pass_next = 0
@@ -698,42 +708,82 @@ class EPIE:
     def validation_error(self) -> float:
         """Fourier error the current model predicts for the held-out patterns (NaN if none).
 
-        Same normalisation as the per-pass error, ``sum((|F(P O)| - sqrt(I))**2) / sum(I)``,
-        over the patterns that never took part in an update (``validation_every``) and whose
-        probe footprint lies where the patterns in use have lit the object (at least
-        :data:`VALIDATION_COVERAGE` of the probe's intensity on pixels lit to a tenth of the
-        brightest): a held-out pattern at the frontier of the scan tests coverage, not the
-        model. On a reconstruction that has found the specimen it is close to the training
-        error; on a plateau, where probe and object fit the patterns they were updated with
-        but are not the specimen and illumination, it stays well above it.
+        See :meth:`validation`; this is its first value.
         """
+        return self.validation()[0]
+
+    def validation(self) -> tuple[float, float]:
+        """The held-out error of the current model, and that of knowing nothing.
+
+        Over the held-out patterns (``validation_every``) that lie inside the scanned area (at
+        least :data:`VALIDATION_COVERAGE` of the central half of their patch covered by the
+        central halves of patches in use; a pattern at the frontier of the scan would test
+        coverage, not the model), with the per-pass normalisation
+        ``sum((A - sqrt(I))**2) / sum(I)``:
+
+        - the *validation error*: ``A = |F(P O)|``, the current object and probe;
+        - the *baseline*: ``A = sqrt(mean I)``, the mean of all patterns held: the best guess
+          of a model that knows nothing of the specimen.
+
+        Their ratio (:attr:`ReconstructionState.validation_ratio`) is well below 1 when the
+        reconstruction has found the specimen and about 1 or more when it predicts unseen
+        patterns no better than the mean pattern does (a plateau, a wrong start, the
+        raster-grid ambiguity). NaN when no held-out pattern is covered yet. After
+        :meth:`release_held_out` the values measured then.
+        """
+        nan = float("nan")
         held_mask = self.held_out
         held = np.flatnonzero(held_mask)
         if held.size == 0 or self._probe is None or self._store is None:
-            return self._frozen_validation
+            return self._frozen_validation, self._frozen_baseline
+        lit = self._lit_mask(held_mask)
         n0, n1 = self._probe_shape  # type: ignore[misc]
-        corners = self._store.corners
-        inten = np.abs(to_numpy(self._probe)).astype(np.float64) ** 2
-        lit = np.zeros(self._object_shape, dtype=np.float64)
-        for r, c in corners[~held_mask].tolist():
-            lit[r : r + n0, c : c + n1] += inten
-        lit_mask = lit > 0.1 * lit.max() if lit.max() > 0 else lit > 0
-        total = float(inten.sum())
-        xp = self._be.xp
-        num = 0.0
-        den = 0.0
+        q0, q1 = n0 // 4, n1 // 4
+        tested = []
         for j in held.tolist():
-            r, c = (int(v) for v in corners[j])
-            covered = float(np.sum(inten * lit_mask[r : r + n0, c : c + n1]))
-            if not total > 0 or covered < VALIDATION_COVERAGE * total:
-                continue
+            r, c = (int(v) for v in self._store.corners[j])
+            core = lit[r + q0 : r + n0 - q0, c + q1 : c + n1 - q1]
+            if core.size and float(np.mean(core)) >= VALIDATION_COVERAGE:
+                tested.append(j)
+        if not tested:
+            return nan, nan
+        return self._model_error(tested)
+
+    def _lit_mask(self, held_mask: np.ndarray) -> np.ndarray:
+        """Object pixels inside the central half of at least one patch in use (cached)."""
+        key = int(held_mask.size)
+        if self._lit_cache is not None and self._lit_cache[0] == key:
+            return self._lit_cache[1]
+        assert self._store is not None and self._probe_shape is not None
+        n0, n1 = self._probe_shape
+        q0, q1 = n0 // 4, n1 // 4
+        lit = np.zeros(self._object_shape, dtype=bool)
+        for r, c in self._store.corners[~held_mask].tolist():
+            lit[r + q0 : r + n0 - q0, c + q1 : c + n1 - q1] = True
+        self._lit_cache = (key, lit)
+        return lit
+
+    def _model_error(self, indices: list[int]) -> tuple[float, float]:
+        """Fourier error of the current model and of the mean pattern for ``indices``."""
+        assert self._store is not None and self._probe_shape is not None
+        n0, n1 = self._probe_shape
+        xp = self._be.xp
+        mean_amp = np.sqrt(np.fft.ifftshift(self._frame_sum / max(self._frame_count, 1)))
+        num = null = den = 0.0
+        for j in indices:
+            r, c = (int(v) for v in self._store.corners[j])
             spectrum = self._be.fft2(self._probe * self._object[r : r + n0, c : c + n1])
             model = to_numpy(xp.abs(spectrum)).astype(np.float64)
             amp = self._store.amplitude(j).astype(np.float64)
-            diff = np.where(amp >= 0, model - amp, 0.0)
+            good = amp >= 0
+            diff = np.where(good, model - amp, 0.0)
+            blind = np.where(good, mean_amp - amp, 0.0)
             num += float(np.sum(diff * diff))
+            null += float(np.sum(blind * blind))
             den += float(self._store.sums[j])
-        return num / den if den > 0 else float("nan")
+        if not den > 0:
+            return float("nan"), float("nan")
+        return num / den, null / den
 
     def _get_kernel(self) -> Any:
         from bluesky_ptycho.engine.kernels import select_kernel
@@ -746,6 +796,7 @@ class EPIE:
     def state(self) -> ReconstructionState:
         """Host NumPy copies of object, probe, positions, counters and error history."""
         n = self.n_patterns
+        validation = self.validation()
         probe = (
             to_numpy(self._probe)
             if self._probe is not None
@@ -762,7 +813,8 @@ class EPIE:
                 self._store.updates[:n].copy() if self._store else np.zeros(0, np.int64)
             ),
             error_trace=np.asarray(self._trace, dtype=np.float64).reshape(-1, 2),
-            validation_error=self.validation_error(),
+            validation_error=validation[0],
+            validation_baseline=validation[1],
         )
 
     def load_state(self, state: ReconstructionState) -> None:

@@ -6,7 +6,31 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["ReconstructionState"]
+__all__ = ["SIGNAL_FOUND", "SIGNAL_NOT_FOUND", "ReconstructionState", "signal_verdict"]
+
+SIGNAL_FOUND = 0.6
+"""A validation ratio at most this says the reconstruction has found the specimen.
+
+Measured (``docs/explanation/engine.md``): 0.09 to 0.40 once it has; 0.58 on the way there.
+"""
+SIGNAL_NOT_FOUND = 0.8
+"""A validation ratio above this says it has not (measured 0.87 to 1.66 on plateaus)."""
+
+
+def signal_verdict(ratio: float) -> str:
+    """The validation ratio in words.
+
+    ``"not yet known"`` (NaN), ``"found the specimen"`` (at most :data:`SIGNAL_FOUND`),
+    ``"undecided"`` (up to :data:`SIGNAL_NOT_FOUND`) or ``"not found"`` (a plateau or a wrong
+    start).
+    """
+    if not ratio == ratio:
+        return "not yet known"
+    if ratio <= SIGNAL_FOUND:
+        return "found the specimen"
+    if ratio <= SIGNAL_NOT_FOUND:
+        return "undecided"
+    return "not found"
 
 
 @dataclass
@@ -38,9 +62,8 @@ class ReconstructionState:
         Fourier error the model predicts for the held-out patterns (NaN when none are held
         out); see :meth:`bluesky_ptycho.engine.EPIE.validation_error`.
     validation_baseline : float
-        The error of the patterns in use at the moment ``validation_error`` was measured when
-        that was earlier (the held-out patterns were put back into use for the final passes);
-        NaN while the validation is current (``latest_error`` is then the baseline).
+        The Fourier error of the mean pattern (a model that knows nothing of the specimen) on
+        the same held-out patterns (see :meth:`bluesky_ptycho.engine.EPIE.validation`).
     """
 
     object: np.ndarray
@@ -67,14 +90,15 @@ class ReconstructionState:
     def validation_ratio(self) -> float:
         """The "did it work" signal: held-out error over the error of the patterns in use.
 
-        About 1 (measured 0.95 to 1.3) when the reconstruction has found the specimen: the
-        model predicts patterns it never saw as well as those it was fitted to. Well above 1
-        (measured 2 to 6) on a plateau, where probe and object fit the patterns in use without
-        being the specimen and illumination. NaN until both errors are known.
+        ``validation_error / validation_baseline``: the error the reconstruction makes on
+        held-out patterns inside the scanned area, over the error of predicting them by the
+        mean pattern (what a model that knows nothing of the specimen would say). Well below 1
+        when the reconstruction has found the specimen (measured 0.09 to 0.40); about 1 or
+        more when it predicts unseen patterns no better than the mean pattern (plateaus, wrong
+        starts and the raster-grid ambiguity: 0.87 to 1.6). NaN until a held-out pattern
+        lies inside the scanned area. Values: ``docs/explanation/engine.md``.
         """
         train = self.validation_baseline
-        if not train == train:
-            train = self.latest_error
         val = self.validation_error
         if not (train > 0 and val == val):
             return float("nan")

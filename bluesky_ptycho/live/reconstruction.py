@@ -393,6 +393,11 @@ class LiveReconstruction:
         return self._object_shape
 
     @property
+    def probe_origin(self) -> str:
+        """How the starting probe was made (``"given"``, ``"none yet"``, or what auto chose)."""
+        return self._engine.probe_origin
+
+    @property
     def probe_shape(self) -> tuple[int, int]:
         """The frame and probe shape."""
         return self._probe_shape

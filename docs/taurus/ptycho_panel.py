@@ -21,15 +21,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-SIGNAL_LEGEND = "about 1 (up to 1.5, LED on): found the specimen; above 2: a plateau; NaN: not yet"
+SIGNAL_LEGEND = "at most 0.6 (LED on): found the specimen; above 0.8: not found; NaN: not yet"
 SIGNAL_HELP = (
     "Validation ratio = Fourier error of the held-out patterns (never used in an update) / "
-    "Fourier error of the patterns in use.\n"
-    "About 1 (measured 0.95 to 1.3; SignalOK up to 1.5): the reconstruction has found the "
+    "Fourier error of predicting them by the mean pattern (knowing nothing of the specimen).\n"
+    "At most 0.6 (measured 0.09 to 0.40; SignalOK): the reconstruction has found the "
     "specimen.\n"
-    "Above 2 (measured 2 to 6): a plateau, probe and object fit the data without being the "
-    "specimen and illumination.\n"
-    "NaN: not yet known (no update or no held-out pattern yet)."
+    "Above 0.8 (measured 0.87 to 1.66): not found, a plateau or a wrong starting probe.\n"
+    "NaN: not yet known (no update or no held-out pattern inside the scan yet)."
 )
 
 SCALARS = (

@@ -55,6 +55,7 @@ def make_scan_state(
     steps = np.arange(64, updates + 1, 64, dtype=np.float64)
     state.error_trace = np.column_stack([steps, np.geomspace(0.1, 0.01, steps.size)])
     state.validation_error = validation
+    state.validation_baseline = 0.02  # the mean pattern's error on the held-out patterns
     return state
 
 
@@ -311,25 +312,27 @@ def test_live_plot_error_panel_has_data_during_the_scan() -> None:
     np.testing.assert_allclose(curve.get_xdata(), later.error_trace[:, 0] / 40)
     title = live.figure.get_suptitle()
     assert title.startswith("pass 0, 32 updates/pattern, 40 patterns, Fourier error 0.01,")
-    assert title.endswith("validation ratio 1.20 (converging)")
+    assert title.endswith("validation ratio 0.60 (found the specimen)")
     text = live.axes["patterns"].texts[0].get_text()
-    assert "validation ratio: 1.20 (converging)" in text and "updates per pattern: 32" in text
+    assert (
+        "validation ratio: 0.60 (found the specimen)" in text and "updates per pattern: 32" in text
+    )
 
     # a new run (fewer updates) starts the held-out history over
     live.update(make_scan_state(n_patterns=20, updates=128, validation=0.05))
     np.testing.assert_allclose(held.get_ydata(), [0.05])
-    assert "plateau" in live.figure.get_suptitle()  # 0.05 / 0.01 = 5
+    assert "not found" in live.figure.get_suptitle()  # 0.05 / 0.02 = 2.5
 
 
 def test_signal_verdict() -> None:
     assert signal_verdict(float("nan")) == "not yet known"
-    assert signal_verdict(0.95) == signal_verdict(1.5) == "converging"
-    assert signal_verdict(1.8) == "unclear"
-    assert signal_verdict(2.5) == signal_verdict(6.0) == "plateau"
+    assert signal_verdict(0.09) == signal_verdict(0.6) == "found the specimen"
+    assert signal_verdict(0.7) == "undecided"
+    assert signal_verdict(0.87) == signal_verdict(1.6) == "not found"
     state = make_scan_state(validation=0.0108)  # latest error 0.01
     assert summary(state) == (
         "pass 0, 32 updates/pattern, 20 patterns, Fourier error 0.01, "
-        "validation ratio 1.08 (converging)"
+        "validation ratio 0.54 (found the specimen)"
     )
 
 
@@ -350,7 +353,7 @@ def test_scan_snapshots_are_named_by_the_fraction_of_the_scan(tmp_path: Path) ->
     assert [p.name for p in written] == names
     assert sorted(p.name for p in tmp_path.iterdir()) == names
     assert snaps.summaries[written[0]].startswith("pass 0, 33.3 updates/pattern, 21 patterns")
-    assert snaps.summaries[written[0]].endswith("validation ratio 3.00 (plateau)")
+    assert snaps.summaries[written[0]].endswith("validation ratio 1.50 (not found)")
     assert snaps.summaries[written[2]].startswith("pass 0, 32 updates/pattern, 62 patterns")
     img = mpimg.imread(written[0])
     assert img.shape[:2] == (760, 1200) and float(np.std(img[..., :3])) > 0.05
