@@ -793,10 +793,19 @@ class EPIE:
         return self._kernel
 
     # ------------------------------------------------------------------ state
-    def state(self) -> ReconstructionState:
-        """Host NumPy copies of object, probe, positions, counters and error history."""
+    def state(self, *, validation: bool = True) -> ReconstructionState:
+        """Host NumPy copies of object, probe, positions, counters and error history.
+
+        Parameters
+        ----------
+        validation : bool
+            Also evaluate the held-out patterns (:meth:`validation`: one FFT per held-out
+            pattern); False leaves ``validation_error`` and ``validation_baseline`` NaN (the
+            live worker checks every chunk that way and validates only what it publishes).
+        """
         n = self.n_patterns
-        validation = self.validation()
+        nan = float("nan")
+        signal = self.validation() if validation else (nan, nan)
         probe = (
             to_numpy(self._probe)
             if self._probe is not None
@@ -813,8 +822,8 @@ class EPIE:
                 self._store.updates[:n].copy() if self._store else np.zeros(0, np.int64)
             ),
             error_trace=np.asarray(self._trace, dtype=np.float64).reshape(-1, 2),
-            validation_error=validation[0],
-            validation_baseline=validation[1],
+            validation_error=signal[0],
+            validation_baseline=signal[1],
         )
 
     def load_state(self, state: ReconstructionState) -> None:

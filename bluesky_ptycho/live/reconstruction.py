@@ -585,7 +585,7 @@ class LiveReconstruction:
 
         Returns True if the state is good.
         """
-        st = self._engine.state()
+        st = self._engine.state(validation=False)  # validated when published
         problem = self._guard.check(st, err)
         if problem is not None:
             self._roll_back(problem)
@@ -635,6 +635,9 @@ class LiveReconstruction:
                     st = self._latest_state
             else:
                 st = self._latest_state
+            if st is not None and st.validation_error != st.validation_error:
+                # the engine has not moved since this state was taken (same thread)
+                st.validation_error, st.validation_baseline = self._engine.validation()
             phase = self._phase
             snap = self._publisher.make(
                 st,

@@ -17,6 +17,7 @@ import pytest
 
 from bluesky_ptycho import EPIEOptions, reconstruct
 from bluesky_ptycho.engine.epie import scale_probe
+from bluesky_ptycho.engine.state import SIGNAL_FOUND, SIGNAL_NOT_FOUND
 from bluesky_ptycho.metrics import illuminated_region, object_error
 from bluesky_ptycho.probes import estimate_defocus
 
@@ -49,8 +50,9 @@ def test_blind_reconstruct_finds_the_star(star_case):
     blind = reconstruct(frames, pos, passes=30, options=EPIEOptions(seed=0, validation_every=25))
     err = object_error(blind.object, ref.object, region=region)
     assert err < BLIND_TOLERANCE
-    # the "did it work" signal agrees: held-out patterns are predicted as well as the others
-    assert blind.validation_ratio < 1.5
+    # the "did it work" signal agrees: held-out patterns predicted far better than by the mean
+    # pattern (measured 0.39)
+    assert blind.validation_ratio < SIGNAL_FOUND
 
 
 def test_the_studys_gaussian_start_fails_and_the_signal_says_so(star_case):
@@ -66,7 +68,7 @@ def test_the_studys_gaussian_start_fails_and_the_signal_says_so(star_case):
     ones = object_error(np.ones_like(ref.object), ref.object, region=region)
     assert err > 3 * BLIND_TOLERANCE
     assert err > 0.9 * ones  # no better than showing nothing
-    assert plain.validation_ratio > 2.0
+    assert plain.validation_ratio > SIGNAL_NOT_FOUND  # measured 1.38
 
 
 def test_the_object_amplitude_bound_prevents_the_long_run_blow_up(star_case):

@@ -20,6 +20,7 @@ import pytest
 from bluesky_ptycho import EPIEOptions, reconstruct
 from bluesky_ptycho.callback import PtychoCallback
 from bluesky_ptycho.engine.epie import scale_probe
+from bluesky_ptycho.engine.state import SIGNAL_FOUND
 from bluesky_ptycho.geometry import Geometry
 from bluesky_ptycho.live import LiveOptions
 from bluesky_ptycho.metrics import illuminated_region, object_error
@@ -112,8 +113,8 @@ def test_the_star_shows_during_a_blind_live_scan(siemens_star):
     half_err = object_error(half_state.object, ref_obj, region=half_region)
     assert half_err < HALF_SCAN_ERROR < 0.8 * ones
     assert half_state.iteration > 0 and np.isfinite(half_state.latest_error)
-    assert half_state.validation_ratio < 1.5  # the signal: it works
+    assert half_state.validation_ratio < SIGNAL_FOUND  # the signal: it works
 
     final_err = object_error(final.object, ref_obj, region=scanned)
     assert final_err < FINAL_ERROR
-    assert final.validation_ratio < 1.5
+    assert final.validation_ratio < SIGNAL_FOUND
