@@ -1,15 +1,20 @@
-"""Replay saved scans as bluesky documents, through the same pipeline as live data.
+"""Replay recorded scans as bluesky documents, through the same pipeline as live data.
 
-A replay *is* a stream of documents: a CXI file becomes a valid run (start with the
-``start["ptycho"]`` contract, one descriptor, events or event pages with the frames inline and
-the positions as encoder readbacks, stop), and a run saved in databroker is read back document
-by document. Either way the documents go to any ``callback(name, doc)``, typically a
+A replay *is* a stream of documents: a scan file (CXI, NeXus/Eiger master and data files, a
+scan directory) becomes a valid run (start with the ``start["ptycho"]`` contract, one
+descriptor, events or event pages with the frames inline and the positions as encoder
+readbacks, stop), and a run saved in databroker/tiled is read back document by document.
+Either way the documents go to any ``callback(name, doc)``, typically a
 :class:`~bluesky_ptycho.callback.PtychoCallback`, which cannot tell a replay from a live scan.
+With ``rate_hz`` the frames arrive at that rate, so a recorded experiment can be watched as
+it happened.
 
 - :func:`scan_documents`: a :class:`~bluesky_ptycho.io.cxi.ScanFile` as documents;
-- :func:`replay_file`: read a CXI file and send its documents;
-- :func:`replay_run`: send a saved run's documents from a databroker (v2) catalog;
-- :func:`replay`: either, chosen by the source.
+- :func:`paced`: documents at a chosen frame rate;
+- :func:`replay_file`: read a scan file (any layout :func:`~bluesky_ptycho.io.scan.read_scan`
+  knows) and send its documents;
+- :func:`replay_run`: send a saved run's documents from a databroker (v2) / tiled catalog;
+- :func:`replay`: any of these, chosen by the source (path, uid or ``http(s)://`` URI).
 
 databroker is optional (the ``databroker`` extra); it is imported only by :func:`replay_run`
 when it has to open a catalog from a URI or name.
@@ -20,18 +25,20 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import event_model
 import numpy as np
 
-from bluesky_ptycho.io.cxi import ScanFile, read_cxi
+from bluesky_ptycho.io.cxi import ScanFile
+from bluesky_ptycho.io.scan import read_scan
 from bluesky_ptycho.setup import START_KEY, ScanSetup
 
 __all__ = [
     "DocumentCallback",
+    "paced",
     "replay",
     "replay_file",
     "replay_run",
@@ -259,18 +266,26 @@ def replay_file(
     callback: DocumentCallback,
     *,
     as_pages: bool = True,
+    rate_hz: float = 0.0,
+    positions: Any = None,
+    positions_dataset: str | None = None,
     **kwargs: Any,
 ) -> str:
-    """Read a CXI file and send the documents of its replay to ``callback``.
+    """Read a scan file and send the documents of its replay to ``callback``.
 
     Parameters
     ----------
     path : str or path-like
-        The CXI file (see :mod:`bluesky_ptycho.io.cxi` for the conventions).
+        A CXI file, a NeXus/Eiger master or a scan directory
+        (:func:`~bluesky_ptycho.io.scan.read_scan`).
     callback : callable
         Called as ``callback(name, doc)`` for every document, in order.
     as_pages : bool, optional
         Send ``event_page`` documents (default) or single ``event`` documents.
+    rate_hz : float, optional
+        Frames per second (see :func:`paced`); 0 (default): as fast as possible.
+    positions, positions_dataset : optional
+        Beam positions of a master file (see :func:`~bluesky_ptycho.io.eiger.read_master`).
     **kwargs
         Passed to :func:`scan_documents` (``detector_key``, ``position_keys``,
         ``position_scale_m``, ``crop``, ``pattern``, ``chunk``, ``md``, ``setup_options``).
@@ -283,15 +298,17 @@ def replay_file(
     Raises
     ------
     FileNotFoundError, ValueError
-        From :func:`~bluesky_ptycho.io.cxi.read_cxi` and :func:`scan_documents`, before any
-        document is sent.
+        From the readers and :func:`scan_documents`, before any document is sent.
     """
-    scan = read_cxi(path)
+    rate = _rate(rate_hz)
+    scan = read_scan(path, positions=positions, positions_dataset=positions_dataset)
     docs = scan_documents(scan, as_pages=as_pages, **kwargs)
-    return _send(docs, callback)
+    return _send(paced(docs, rate), callback)
 
 
-def replay_run(catalog_or_uri: Any, uid: str, callback: DocumentCallback) -> str:
+def replay_run(
+    catalog_or_uri: Any, uid: str, callback: DocumentCallback, *, rate_hz: float = 0.0
+) -> str:
     """Send the documents of a run saved in databroker to ``callback``.
 
     Arrays that come back from the catalog as nested lists (``event_page`` data of a
@@ -307,6 +324,8 @@ def replay_run(catalog_or_uri: Any, uid: str, callback: DocumentCallback) -> str
         The run's start uid (or anything the catalog accepts: a scan id, a uid prefix).
     callback : callable
         Called as ``callback(name, doc)`` for every document, in order.
+    rate_hz : float, optional
+        Frames per second (see :func:`paced`); 0 (default): as fast as possible.
 
     Returns
     -------
@@ -321,12 +340,13 @@ def replay_run(catalog_or_uri: Any, uid: str, callback: DocumentCallback) -> str
     ValueError
         If the catalog has no such run.
     """
+    rate = _rate(rate_hz)
     catalog = _open_catalog(catalog_or_uri)
     try:
         run = catalog[uid]
     except KeyError:
         raise ValueError(f"no run {uid!r} in the catalog") from None
-    return _send(_restored(run.documents()), callback)
+    return _send(paced(_restored(run.documents()), rate), callback)
 
 
 def replay(
@@ -334,19 +354,23 @@ def replay(
     callback: DocumentCallback,
     *,
     catalog: Any = None,
+    rate_hz: float = 0.0,
     **kwargs: Any,
 ) -> str:
-    """Replay a file or a saved run, whichever ``source`` names.
+    """Replay a scan file, a scan directory or a saved run, whichever ``source`` names.
 
     Parameters
     ----------
     source : str or path-like
-        An existing file (replayed with :func:`replay_file`), or otherwise a run uid looked up
-        in ``catalog`` (:func:`replay_run`).
+        An existing file or directory (replayed with :func:`replay_file`); an ``http(s)://``
+        URI of a run in a tiled server; or otherwise a run uid looked up in ``catalog``
+        (:func:`replay_run`).
     callback : callable
         Called as ``callback(name, doc)`` for every document.
     catalog : catalog or str, optional
         Where to look up a uid (see :func:`replay_run`).
+    rate_hz : float, optional
+        Frames per second (see :func:`paced`); 0 (default): as fast as possible.
     **kwargs
         Passed to :func:`replay_file` for a file.
 
@@ -358,28 +382,85 @@ def replay(
     Raises
     ------
     ValueError
-        If ``source`` is neither an existing file nor a run in ``catalog`` (or no catalog was
-        given).
+        If ``source`` is neither an existing file or directory, nor a run URI, nor a run in
+        ``catalog`` (or no catalog was given), or ``rate_hz`` is negative.
     """
-    if isinstance(source, (str, os.PathLike)) and Path(source).is_file():
-        return replay_file(source, callback, **kwargs)
+    rate = _rate(rate_hz)
+    if isinstance(source, (str, os.PathLike)) and Path(source).exists():
+        return replay_file(source, callback, rate_hz=rate, **kwargs)
     if not isinstance(source, str):
         raise ValueError(f"{os.fspath(source)!r} is not an existing file")
+    if kwargs:
+        raise ValueError(
+            f"options {sorted(kwargs)} apply to file replays only; {source!r} is not a file"
+        )
+    if source.startswith(("http://", "https://")):
+        return _send(paced(_restored(_run_at(source).documents()), rate), callback)
     if catalog is None:
         raise ValueError(
             f"{source!r} is not an existing file; to replay a saved run with this uid, pass "
             "catalog= (a databroker catalog or its URI)"
         )
-    if kwargs:
-        raise ValueError(
-            f"options {sorted(kwargs)} apply to file replays only; {source!r} is not a file"
-        )
     try:
-        return replay_run(catalog, source, callback)
+        return replay_run(catalog, source, callback, rate_hz=rate)
     except ValueError as exc:
         raise ValueError(
             f"{source!r} is neither an existing file nor a run in the catalog ({exc})"
         ) from exc
+
+
+def paced(
+    docs: Iterable[tuple[str, dict[str, Any]]],
+    rate_hz: float,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The documents, with event ``k`` (counted from 0) let through at ``t0 + k / rate_hz``.
+
+    With a rate, event pages are unpacked into single events, so frames arrive one at a time
+    as they did during the scan; other documents pass at once. The schedule is absolute: a
+    slow consumer does not make the replay drift further behind.
+
+    Parameters
+    ----------
+    docs : iterable of (name, doc)
+    rate_hz : float
+        Frames (events) per second; 0: no pacing, documents pass unchanged.
+    clock, sleep : callables, optional
+        Time source and sleep function (for tests with a fake clock).
+
+    Yields
+    ------
+    (str, dict)
+
+    Raises
+    ------
+    ValueError
+        If ``rate_hz`` is negative or not finite.
+    """
+    rate = _rate(rate_hz)
+    if rate == 0:
+        yield from docs
+        return
+    t0: float | None = None
+    k = 0
+    for name, doc in docs:
+        if name == "event_page":
+            events: Iterable[dict[str, Any]] = event_model.unpack_event_page(doc)
+        elif name == "event":
+            events = (doc,)
+        else:
+            yield name, doc
+            continue
+        for event in events:
+            if t0 is None:
+                t0 = clock()
+            wait = t0 + k / rate - clock()
+            if wait > 0:
+                sleep(wait)
+            k += 1
+            yield "event", event
 
 
 # --------------------------------------------------------------------------------------------
@@ -396,6 +477,30 @@ def _send(docs: Iterator[tuple[str, dict[str, Any]]], callback: DocumentCallback
     if uid is None:
         raise ValueError("the replayed documents contain no start document")
     return uid
+
+
+def _rate(rate_hz: Any) -> float:
+    if isinstance(rate_hz, bool) or not isinstance(rate_hz, (int, float, np.integer, np.floating)):
+        raise ValueError(f"rate_hz must be a number of frames per second, got {rate_hz!r}")
+    rate = float(rate_hz)
+    if not (math.isfinite(rate) and rate >= 0):
+        raise ValueError(f"rate_hz must be >= 0 frames per second (0: no pacing), got {rate_hz!r}")
+    return rate
+
+
+def _run_at(uri: str) -> Any:
+    """The run a tiled URI points at (``http://host/api/v1/metadata/<catalog>/<uid>``)."""
+    try:
+        from tiled.client import from_uri
+    except ImportError as exc:
+        raise ImportError(_DATABROKER_HINT) from exc
+    node = from_uri(uri)
+    if not callable(getattr(node, "documents", None)):
+        raise ValueError(
+            f"{uri!r} is not a bluesky run (no documents()): give the URI of one run, or the "
+            "catalog's URI with --catalog and the uid as the source"
+        )
+    return node
 
 
 def _open_catalog(catalog_or_uri: Any) -> Any:
