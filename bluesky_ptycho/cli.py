@@ -1,4 +1,4 @@
-"""The ``bluesky-ptycho`` command: demo, serve and friends.
+"""The ``bluesky-ptycho`` command: demo, serve, follow and friends.
 
 ``bluesky-ptycho demo`` runs a real Bluesky ``RunEngine`` spirangle scan of the simulated
 beamline while ``PtychoCallback`` reconstructs live: a progress bar (patterns, passes, updates
@@ -286,6 +286,118 @@ def _demo_tango(args: argparse.Namespace) -> int:
         print("stopped the device server and the proxy")
 
 
+def _follow(args: argparse.Namespace) -> int:
+    """Follow a scan directory while a detector writes it; reconstruct live."""
+    import threading
+
+    from bluesky_ptycho.callback import PtychoCallback
+    from bluesky_ptycho.io.follow import FollowOptions, FollowResult, follow, read_setup_file
+    from bluesky_ptycho.live import LiveOptions
+
+    try:
+        setup = read_setup_file(args.setup) if args.setup else None
+        options = FollowOptions(
+            timeout_s=args.timeout, poll_s=args.poll, stop_marker=args.stop_marker or None
+        )
+    except (OSError, ValueError) as exc:
+        print(f"follow: {exc}", file=sys.stderr)
+        return 1
+    cb = PtychoCallback(options=LiveOptions(final_passes=args.final_passes))
+    cancel = threading.Event()
+    outcome: dict[str, FollowResult | BaseException] = {}
+
+    def work() -> None:
+        try:
+            outcome["result"] = follow(
+                args.directory,
+                setup=setup,
+                options=options,
+                callback=cb,
+                output=args.output,
+                cancel=cancel,
+            )
+        except BaseException as exc:  # reported by the main thread
+            outcome["error"] = exc
+
+    print(
+        f"following {args.directory} (ends at the scan's last frame, "
+        f"{options.stop_marker or 'no stop marker'}, or {options.timeout_s:g} s without data)"
+    )
+    worker = threading.Thread(target=work, name="follow", daemon=True)
+    worker.start()
+    plot = _FollowPlot() if args.plot else None
+    try:
+        while worker.is_alive():
+            live = cb.live
+            snap = live.latest() if live is not None else None
+            if plot is not None and snap is not None:
+                plot.show(snap.state)
+            if snap is not None and not args.quiet:
+                print(
+                    f"\r{snap.patterns_received} frames, {snap.patterns_in_use} in use, "
+                    f"pass {snap.state.iteration}",
+                    end="",
+                    flush=True,
+                )
+            if plot is not None:
+                plot.pause(0.3)
+            else:
+                worker.join(0.3)
+    except KeyboardInterrupt:
+        cancel.set()
+        worker.join()
+    finally:
+        cb.close()
+    print()
+    if "error" in outcome:
+        print(f"follow: {outcome['error']}", file=sys.stderr)
+        return 1
+    result = outcome["result"]
+    assert isinstance(result, FollowResult)
+    report = result.report
+    print(report.message)
+    for problem in report.problems:
+        print(f"  problem: {problem}")
+    state = result.state
+    print(
+        f"{state.n_patterns} patterns, {state.iteration} passes, Fourier error "
+        f"{state.latest_error:.4f}, validation ratio {state.validation_ratio:.2f}"
+    )
+    if result.result_path is not None:
+        print(f"result: {result.result_path}")
+    if plot is not None:
+        plot.show(state, final=True)
+        if args.output:
+            print(f"figure: {plot.save(Path(args.output).with_suffix('.png'))}")
+    return 0
+
+
+class _FollowPlot:
+    """The live figure of ``follow --plot``: a window if matplotlib has one, else off-screen."""
+
+    def __init__(self) -> None:
+        import matplotlib.pyplot as plt
+
+        from bluesky_ptycho.display import LivePlot
+
+        self._plt = plt
+        self.interactive = plt.get_backend().lower() not in ("agg", "pdf", "svg", "ps", "cairo")
+        figure = plt.figure(figsize=(12, 7.6), layout="constrained") if self.interactive else None
+        self._live = LivePlot(min_interval_s=0.5, figure=figure)
+
+    def show(self, state, *, final: bool = False) -> None:
+        self._live.update(state, force=final)
+
+    def pause(self, seconds: float) -> None:
+        if self.interactive:
+            self._plt.pause(seconds)
+        else:
+            time.sleep(seconds)
+
+    def save(self, path: Path) -> Path:
+        return self._live.save_png(path)
+
+
 def _demo(args: argparse.Namespace) -> int:
     if args.tango:
         return _demo_tango(args)
@@ -314,6 +426,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     demo.set_defaults(func=_demo)
+    follow = sub.add_parser(
+        "follow", help="reconstruct a scan live from its directory while a detector writes it"
+    )
+    follow.add_argument("directory", help="scan directory (Eiger master + data files, or chunks)")
+    follow.add_argument("--setup", help="JSON or YAML file with the start['ptycho'] fields")
+    follow.add_argument(
+        "--timeout", type=float, default=60.0, help="end after this many seconds without new data"
+    )
+    follow.add_argument("--poll", type=float, default=0.1, help="seconds between looks")
+    follow.add_argument(
+        "--stop-marker", default="scan.done", help='file that ends the scan ("": none)'
+    )
+    follow.add_argument("--output", help="write the result to this HDF5 file")
+    follow.add_argument("--final-passes", type=int, default=20, help="passes after the last frame")
+    follow.add_argument(
+        "--plot",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="show the reconstruction live (a window, or OUTPUT.png on a headless machine)",
+    )
+    follow.add_argument("--quiet", action="store_true", help="no progress line")
+    follow.set_defaults(func=_follow)
     serve = sub.add_parser(
         "serve",
         help="run the PtychoReconstruction Tango device server (database-free)",
