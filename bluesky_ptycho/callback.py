@@ -25,6 +25,7 @@ import numpy as np
 from bluesky_ptycho.engine.state import ReconstructionState
 from bluesky_ptycho.geometry import ObjectFrame
 from bluesky_ptycho.io.assets import AssetError, AssetRegistry, DatumLocator, StreamLocator
+from bluesky_ptycho.io.hdf5 import ReadCause
 from bluesky_ptycho.io.result import write_result
 from bluesky_ptycho.live import (
     LiveOptions,
@@ -37,11 +38,105 @@ from bluesky_ptycho.preprocess import PreprocessConfig, preprocess
 from bluesky_ptycho.probes import ProbeInit
 from bluesky_ptycho.setup import START_KEY, ScanSetup
 
-__all__ = ["CallbackStatus", "PtychoCallback", "ScanSetup"]
+__all__ = ["CallbackStatus", "PtychoCallback", "Rejection", "ScanSetup"]
 
 logger = logging.getLogger(__name__)
 
 _MAX_REASONS = 100
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """The items of one run rejected for one cause: said once, counted.
+
+    Attributes
+    ----------
+    run_uid : str or None
+        The run the items belonged to (None: no run was open).
+    cause : str
+        What the items have in common: a :class:`~bluesky_ptycho.io.hdf5.ReadCause` name
+        (``"FILTER_MISSING"``, ``"TRUNCATED"``, ...), a check of the callback
+        (``"NONFINITE"``, ``"OUTSIDE_OBJECT"``, ...), or the reason text itself.
+    message : str
+        The first item's rejection: where (document name, uid, seq_num), what, and the fix.
+    count : int
+        Items rejected for this cause in this run.
+    first_seq_num, last_seq_num : int or None
+        The lowest and highest seq_num among them (None: documents without one).
+    """
+
+    run_uid: str | None
+    cause: str
+    message: str
+    count: int
+    first_seq_num: int | None
+    last_seq_num: int | None
+
+    def text(self) -> str:
+        """The message, with the count and seq_num range when more than one item was hit."""
+        if self.count == 1:
+            return self.message
+        seqs = (
+            f", seq_num {self.first_seq_num}..{self.last_seq_num}"
+            if self.first_seq_num is not None
+            else ""
+        )
+        return f"{self.message} [{self.count} items{seqs}]"
+
+
+class _FrameRejected(ValueError):
+    """A frame fails one of the callback's own checks; ``cause`` groups such frames."""
+
+    def __init__(self, cause: str | ReadCause, message: str) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+def _cause_key(exc: BaseException) -> str | None:
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, ReadCause):
+        return cause.name
+    return cause if isinstance(cause, str) and cause else None
+
+
+class _Tally:
+    """Rejections grouped by (run, cause), in order of first occurrence; not thread-safe."""
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self.total = 0
+        self._entries: dict[tuple[str | None, str], Rejection] = {}
+
+    def add(self, run_uid: str | None, cause: str, message: str, seq_num: int | None) -> Rejection:
+        self.total += 1
+        key = (run_uid, cause)
+        old = self._entries.get(key)
+        if old is None:
+            entry = Rejection(run_uid, cause, message, 1, seq_num, seq_num)
+            if len(self._entries) >= self.max_entries:
+                del self._entries[next(iter(self._entries))]
+        else:
+            seqs = [s for s in (old.first_seq_num, old.last_seq_num, seq_num) if s is not None]
+            entry = Rejection(
+                run_uid,
+                cause,
+                old.message,
+                old.count + 1,
+                min(seqs) if seqs else None,
+                max(seqs) if seqs else None,
+            )
+        self._entries[key] = entry
+        return entry
+
+    def entries(self, run_uid: str | None = None, *, every_run: bool = True) -> list[Rejection]:
+        return [e for e in self._entries.values() if every_run or e.run_uid == run_uid]
+
+
+def _count_worth_logging(count: int) -> bool:
+    """1, 10, 100, 1000, ...: a growing cause is re-logged a few times, not per item."""
+    while count >= 10 and count % 10 == 0:
+        count //= 10
+    return count == 1
 
 
 @dataclass(frozen=True)
@@ -63,7 +158,9 @@ class CallbackStatus:
     rejected : int
         Items (documents, frames) rejected, over all runs.
     reasons : tuple of str
-        The most recent rejection reasons, oldest first.
+        One line per cause of rejection (per run), oldest first: the first rejected item's
+        reason, with the count and seq_num range when the cause hit more items
+        (:meth:`Rejection.text`).
     message : str
         A one-line summary for operators.
     live : LiveStatus or None
@@ -79,6 +176,7 @@ class CallbackStatus:
     reasons: tuple[str, ...]
     message: str
     live: LiveStatus | None
+    rejections: tuple[Rejection, ...] = ()
 
 
 @dataclass
@@ -95,6 +193,7 @@ class _Run:
     preprocess: PreprocessConfig | None = None
     frames_received: int = 0
     frames_used: int = 0
+    rejected: int = 0
     exit_status: str | None = None
     done: threading.Event = field(default_factory=threading.Event)
     result: ReconstructionState | None = None
@@ -159,8 +258,7 @@ class PtychoCallback(event_model.DocumentRouter):
         self._observers = list(observers)
         self._lock = threading.Lock()
         self._docs: collections.Counter[str] = collections.Counter()
-        self._reasons: collections.deque[str] = collections.deque(maxlen=_MAX_REASONS)
-        self._rejected = 0
+        self._tally = _Tally(_MAX_REASONS)
         self._runs = 0
         self._run: _Run | None = None
         self._last: _Run | None = None
@@ -218,16 +316,25 @@ class PtychoCallback(event_model.DocumentRouter):
                 message = run.message
             else:
                 message = f"run {run.uid[:8]}: {run.frames_used}/{run.frames_received} frames used"
+                worst = max(
+                    self._tally.entries(run.uid, every_run=False),
+                    key=lambda e: e.count,
+                    default=None,
+                )
+                if worst is not None:
+                    message += f"; {run.rejected} rejected, most for: {worst.message}"
+            rejections = tuple(self._tally.entries())
             return CallbackStatus(
                 documents=dict(self._docs),
                 runs=self._runs,
                 run_uid=run.uid if run else None,
                 frames_received=run.frames_received if run else 0,
                 frames_used=run.frames_used if run else 0,
-                rejected=self._rejected,
-                reasons=tuple(self._reasons),
+                rejected=self._tally.total,
+                reasons=tuple(e.text() for e in rejections),
                 message=message,
                 live=live,
+                rejections=rejections,
             )
 
     def close(self, timeout: float | None = 10) -> None:
@@ -242,19 +349,58 @@ class PtychoCallback(event_model.DocumentRouter):
         try:
             return super().__call__(name, doc, validate)
         except Exception as exc:  # never let a document kill the RunEngine
-            self._reject(name, doc, f"{type(exc).__name__}: {exc}", exc_info=True)
+            self._reject(
+                name,
+                doc,
+                f"{type(exc).__name__}: {exc}",
+                cause=_cause_key(exc),
+                exc_info=not isinstance(exc, (AssetError, ValueError)),
+            )
             return name, doc
 
-    def _reject(self, name: str, doc: Any, reason: str, *, exc_info: bool = False) -> None:
-        where = _where(name, doc)
-        text = f"{where}: {reason}"
-        logger.warning("rejected %s", text, exc_info=exc_info)
+    def _reject(
+        self,
+        name: str,
+        doc: Any,
+        reason: str,
+        *,
+        cause: str | None = None,
+        exc_info: bool = False,
+    ) -> None:
+        seq = doc.get("seq_num") if isinstance(doc, Mapping) else None
+        self._record(
+            self._run,
+            f"{_where(name, doc)}: {reason}",
+            cause or f"{name}: {reason}",
+            seq if isinstance(seq, int) else None,
+            exc_info=exc_info,
+        )
+
+    def _record(
+        self,
+        run: _Run | None,
+        text: str,
+        cause: str,
+        seq_num: int | None,
+        *,
+        exc_info: bool = False,
+    ) -> None:
+        """Count a rejected item under its cause; log the first, then at 10, 100, 1000..."""
         with self._lock:
-            self._rejected += 1
-            self._reasons.append(text)
-        run = self._run
-        if run is not None:
-            run.live.record_rejection(text)
+            entry = self._tally.add(run.uid if run else None, cause, text, seq_num)
+            if run is not None:
+                run.rejected += 1
+        if entry.count == 1:
+            logger.warning("rejected %s", text, exc_info=exc_info)
+        elif _count_worth_logging(entry.count):
+            logger.warning(
+                "rejected %d items so far for the same cause (%s); first: %s",
+                entry.count,
+                entry.cause,
+                entry.text(),
+            )
+        else:
+            logger.debug("rejected %s", text)
 
     # ----------------------------------------------------------------- documents
     def start(self, doc: dict) -> None:
@@ -367,7 +513,7 @@ class PtychoCallback(event_model.DocumentRouter):
         else:
             self._reject("event", doc, f"detector key {key!r} missing from event data")
             return
-        self._jobs.put(("frame", run, _where("event", doc), source, readbacks))
+        self._jobs.put(("frame", run, _where("event", doc), seq_num, source, readbacks))
 
     def resource(self, doc: dict) -> None:
         if doc.get("run_start") not in self._ignored:
@@ -432,7 +578,9 @@ class PtychoCallback(event_model.DocumentRouter):
             except Exception:  # keep the worker alive whatever happens
                 logger.exception("ptycho callback worker failed on %s", job[0])
 
-    def _ingest(self, run: _Run, where: str, source: Any, readbacks: list[float]) -> None:
+    def _ingest(
+        self, run: _Run, where: str, seq_num: int, source: Any, readbacks: list[float]
+    ) -> None:
         try:
             if isinstance(source, (DatumLocator, StreamLocator)):
                 raw = self.assets.read(source)
@@ -442,33 +590,40 @@ class PtychoCallback(event_model.DocumentRouter):
             while raw.ndim > 2 and raw.shape[0] == 1:
                 raw = raw[0]
             if raw.ndim != 2:
-                raise ValueError(f"frame has shape {raw.shape}, expected a 2-D detector image")
+                raise _FrameRejected(
+                    "NOT_2D", f"frame has shape {raw.shape}, expected a 2-D detector image"
+                )
             if run.detector_shape is None:
                 run.detector_shape = tuple(raw.shape)
             if tuple(raw.shape) != tuple(run.detector_shape):
-                raise ValueError(
+                cause = ReadCause.SHAPE_CHANGED
+                raise _FrameRejected(
+                    cause,
                     f"frame shape {tuple(raw.shape)} differs from the detector's "
-                    f"{tuple(run.detector_shape)}"
+                    f"{tuple(run.detector_shape)}: {cause.summary}. Fix: {cause.fix}",
                 )
             if run.preprocess is None:
                 run.preprocess = run.setup.preprocess_config(raw_shape=raw.shape)
             config = run.preprocess
             if not np.issubdtype(raw.dtype, np.number) or np.iscomplexobj(raw):
-                raise ValueError(f"frame dtype {raw.dtype} is not a real number type")
+                raise _FrameRejected("DTYPE", f"frame dtype {raw.dtype} is not a real number type")
             bad = ~np.isfinite(raw) if raw.dtype.kind == "f" else None
             if bad is not None and config.mask is not None:
                 bad &= ~config.mask
             if bad is not None and bad.any():
-                raise ValueError(f"frame has {int(bad.sum())} NaN or infinite pixel(s)")
+                raise _FrameRejected(
+                    "NONFINITE", f"frame has {int(bad.sum())} NaN or infinite pixel(s)"
+                )
             out = preprocess(raw, config)
             pos_m = run.setup.positions_m(np.asarray(readbacks)[None])
             object_frame = run.object_frame
             assert object_frame is not None
             pos_px = object_frame.to_pixels(pos_m)
             if not object_frame.contains(pos_px)[0]:
-                raise ValueError(
+                raise _FrameRejected(
+                    "OUTSIDE_OBJECT",
                     f"position {readbacks} (readback units) lies outside the object frame "
-                    f"fixed from the nominal scan"
+                    f"fixed from the nominal scan",
                 )
             index = run.live.submit(out.intensities, pos_px, out.mask)
             run.frames_used += 1
@@ -477,19 +632,17 @@ class PtychoCallback(event_model.DocumentRouter):
                     index, out.intensities[0], None if out.mask is None else out.mask[0], pos_px[0]
                 )
         except (AssetError, ValueError) as exc:
-            self._reject_text(run, f"{where}: {exc}")
+            text = f"{where}: {exc}"
+            self._record(run, text, _cause_key(exc) or str(exc), seq_num)
         except Exception as exc:  # a handler's own error type, a bad array...: still one item
-            logger.exception("unexpected failure on %s", where)
-            self._reject_text(run, f"{where}: {type(exc).__name__}: {exc}")
-
-    def _reject_text(self, run: _Run, text: str) -> None:
-        logger.warning("rejected %s", text)
-        with self._lock:
-            self._rejected += 1
-            self._reasons.append(text)
-        run.live.record_rejection(text)
+            text = f"{where}: {type(exc).__name__}: {exc}"
+            self._record(run, text, _cause_key(exc) or type(exc).__name__, seq_num, exc_info=True)
 
     def _finish(self, run: _Run) -> None:
+        with self._lock:
+            repeated = [e for e in self._tally.entries(run.uid, every_run=False) if e.count > 1]
+        for entry in repeated:  # the final count of every cause that hit several items
+            logger.warning("run %s: %s", run.uid[:8], entry.text())
         live = run.live
         live.finish(self.final_passes)
         threading.Thread(
@@ -523,7 +676,8 @@ class PtychoCallback(event_model.DocumentRouter):
             "exit_status": run.exit_status or "unknown",
             "frames_received": run.frames_received,
             "frames_used": run.frames_used,
-            "rejected": status.rejected,
+            "rejected": run.rejected + status.rejected,
+            "rejections": [e.text() for e in self.status.rejections if e.run_uid == run.uid],
             "message": run.message,
             START_KEY: run.setup.to_start_doc(),
         }

@@ -43,6 +43,7 @@ from ophyd.status import DeviceStatus, StatusBase
 
 from bluesky_ptycho.engine.forward import far_field_intensities
 from bluesky_ptycho.geometry import Geometry, ObjectFrame
+from bluesky_ptycho.io.hdf5 import compression_options
 from bluesky_ptycho.setup import ScanSetup
 from bluesky_ptycho.simulate import (
     SimulationPreset,
@@ -665,6 +666,10 @@ class PtychoHDF5Detector(PtychoDetector):
         Where files are written (created if missing).
     capacity : int, optional
         Initial dataset length in frames (default 4096).
+    compression : str, optional
+        Compress the frames with one of
+        :data:`~bluesky_ptycho.io.hdf5.COMPRESSION_FILTERS` (``"bitshuffle-lz4"``, the Eiger
+        default, ``"lz4"``, ``"blosc"``, ``"blosc2"``, ``"zstd"``); default None (uncompressed).
     **kwargs
         Passed to :class:`ophyd.Device`.
     """
@@ -679,6 +684,7 @@ class PtychoHDF5Detector(PtychoDetector):
         directory: str | Path,
         position_scale_m: float = MICROMETRE,
         capacity: int = 4096,
+        compression: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -693,6 +699,8 @@ class PtychoHDF5Detector(PtychoDetector):
             raise ValueError(f"capacity must be positive, got {capacity!r}")
         self.directory = Path(directory).resolve()
         self.capacity = int(capacity)
+        compression_options(compression)  # an unknown name fails here, not at stage
+        self.compression = compression
         self.path: Path | None = None
         self._file: h5py.File | None = None
         self._dataset: h5py.Dataset | None = None
@@ -729,6 +737,7 @@ class PtychoHDF5Detector(PtychoDetector):
                 chunks=(1, h, w),
                 dtype=_FRAME_DTYPE,
                 fillvalue=0,
+                **compression_options(self.compression),
             )
             f.swmr_mode = True
         except Exception:
@@ -887,6 +896,7 @@ def make_beamline(
     layout: DetectorLayout | None = None,
     detector_name: str = "eiger",
     motor_names: tuple[str, str] = ("sy", "sx"),
+    compression: str | None = None,
 ) -> SimBeamline:
     """A simulated ophyd (v1) ptychography beamline.
 
@@ -911,6 +921,9 @@ def make_beamline(
         Detector name (default ``"eiger"``: frames under ``"eiger_image"``).
     motor_names : (str, str), optional
         Row-axis and column-axis motor names (default ``("sy", "sx")``).
+    compression : str, optional
+        HDF5 compression of the frames for ``mode="hdf5"`` (see :class:`PtychoHDF5Detector`);
+        default None.
 
     Returns
     -------
@@ -922,6 +935,8 @@ def make_beamline(
     x_motor = JitteryAxis(name=motor_names[1], jitter=jitter_um, seed=x_seed)
     detector: PtychoDetector
     if mode == "inline":
+        if compression is not None:
+            raise ValueError('compression applies to mode="hdf5" only; inline frames are arrays')
         detector = PtychoDetector(
             detector_name,
             specimen=specimen,
@@ -939,6 +954,7 @@ def make_beamline(
             x_motor=x_motor,
             directory=directory,
             position_scale_m=MICROMETRE,
+            compression=compression,
         )
     else:
         raise ValueError(f'mode must be "inline" or "hdf5", got {mode!r}')

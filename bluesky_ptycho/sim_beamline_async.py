@@ -58,6 +58,7 @@ from ophyd_async.core import (
 )
 from ophyd_async.core import StandardReadableFormat as Format
 
+from bluesky_ptycho.io.hdf5 import compression_options
 from bluesky_ptycho.sim_beamline import (
     DATA_PATH,
     MICROMETRE,
@@ -178,8 +179,10 @@ class _FrameSource:
         y_motor: Any,
         x_motor: Any,
         position_scale_m: float,
+        compression: str | None = None,
     ) -> None:
         self.specimen = specimen
+        self.compression = compression
         self.y_motor = y_motor
         self.x_motor = x_motor
         self.position_scale_m = float(position_scale_m)
@@ -205,6 +208,7 @@ class _FrameSource:
                 maxshape=(None, h, w),
                 chunks=(1, h, w),
                 dtype=_FRAME_DTYPE,
+                **compression_options(self.compression),
             )
             f.swmr_mode = True  # readers in other processes may open it with swmr=True
         except Exception:
@@ -313,6 +317,10 @@ class PtychoAsyncDetector(StandardDetector):
         Where files go, e.g. ``StaticPathProvider(UUIDFilenameProvider(), directory)``.
     position_scale_m : float, optional
         Motor units to metres (default 1e-6).
+    compression : str, optional
+        Compress the frames with one of
+        :data:`~bluesky_ptycho.io.hdf5.COMPRESSION_FILTERS` (``"bitshuffle-lz4"``, ``"lz4"``,
+        ``"blosc"``, ``"blosc2"``, ``"zstd"``); default None (uncompressed).
     name : str, optional
         Device name.
     """
@@ -325,11 +333,13 @@ class PtychoAsyncDetector(StandardDetector):
         path_provider: PathProvider,
         *,
         position_scale_m: float = MICROMETRE,
+        compression: str | None = None,
         name: str = "",
     ) -> None:
+        compression_options(compression)  # an unknown name fails here, not at prepare
         if not (math.isfinite(position_scale_m) and position_scale_m > 0.0):
             raise ValueError(f"position_scale_m must be positive, got {position_scale_m!r}")
-        self.source = _FrameSource(specimen, y_motor, x_motor, position_scale_m)
+        self.source = _FrameSource(specimen, y_motor, x_motor, position_scale_m, compression)
         trigger_logic = _PtychoTriggerLogic()
         self.add_detector_logics(
             trigger_logic,
@@ -365,6 +375,7 @@ def make_async_beamline(
     detector_name: str = "eiger",
     motor_names: tuple[str, str] = ("sy", "sx"),
     connect: bool = True,
+    compression: str | None = None,
 ) -> SimBeamline:
     """A simulated ophyd-async ptychography beamline (HDF5 frames, stream documents).
 
@@ -390,6 +401,8 @@ def make_async_beamline(
     connect : bool, optional
         Connect the devices in the bluesky event loop (default True; needs a ``RunEngine``
         to exist). With False, connect them yourself (``init_devices``, ``ensure_connected``).
+    compression : str, optional
+        HDF5 compression of the frames (see :class:`PtychoAsyncDetector`); default None.
 
     Returns
     -------
@@ -412,6 +425,7 @@ def make_async_beamline(
         x_motor,
         path_provider,
         position_scale_m=MICROMETRE,
+        compression=compression,
         name=detector_name,
     )
     if connect:

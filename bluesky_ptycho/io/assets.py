@@ -8,6 +8,7 @@ handlers themselves (``add_*``, ``locate_*``) only store and look up small dicts
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -17,7 +18,23 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 
-__all__ = ["AssetError", "AssetRegistry", "DatumLocator", "StreamLocator", "default_handlers"]
+from bluesky_ptycho.io.hdf5 import (
+    FrameReadError,
+    ReadCause,
+    get_dataset,
+    opened,
+    read_frame,
+    register_filters,
+)
+
+__all__ = [
+    "AssetError",
+    "AssetRegistry",
+    "DatumLocator",
+    "FrameReadError",
+    "StreamLocator",
+    "default_handlers",
+]
 
 
 _FLUSH_RETRIES = 20
@@ -25,7 +42,20 @@ _FLUSH_WAIT_S = 0.05
 
 
 class AssetError(ValueError):
-    """A frame stored outside the event cannot be found or read; the message says why."""
+    """A frame stored outside the event cannot be found or read; the message says why.
+
+    Parameters
+    ----------
+    message : str
+        What is wrong, and where.
+    cause : str, optional
+        A short key shared by errors of the same kind (``"NO_STREAM_DATUM"``, ...), so that
+        callers can count them instead of repeating the message.
+    """
+
+    def __init__(self, message: str, cause: str | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 def default_handlers() -> dict[str, Callable[..., Any]]:
@@ -93,9 +123,11 @@ class AssetRegistry:
         self._stream_resources: dict[str, Mapping[str, Any]] = {}
         # (descriptor uid, data key) -> list of (seq_start, seq_stop, resource uid, index_start)
         self._stream_index: dict[tuple[str, str], list[tuple[int, int, str, int]]] = {}
+        self._stalled: set[str] = set()  # files that stopped growing with frames missing
 
     def clear(self) -> None:
         """Forget everything (a new run starts)."""
+        self._stalled.clear()
         self._resources.clear()
         self._datums.clear()
         self._stream_resources.clear()
@@ -144,13 +176,16 @@ class AssetRegistry:
         """Where a datum's frame lives; :class:`AssetError` if the datum or spec is unknown."""
         datum = self._datums.get(datum_id)
         if datum is None:
-            raise AssetError(f"unknown datum {datum_id!r} (no datum document received)")
+            raise AssetError(
+                f"unknown datum {datum_id!r} (no datum document received)", cause="UNKNOWN_DATUM"
+            )
         resource = self._resources[datum["resource"]]
         spec = resource["spec"]
-        if spec not in self.handlers:
+        if spec not in self.handlers and spec not in _AREA_DETECTOR_SPECS:
             raise AssetError(
                 f"no handler for spec {spec!r} (resource {resource['uid']!r}); "
-                f"known specs: {sorted(self.handlers)}"
+                f"known specs: {sorted({*self.handlers, *_AREA_DETECTOR_SPECS})}",
+                cause="NO_HANDLER",
             )
         root = resource.get("root", "") or ""
         root = self.root_map.get(root, root)
@@ -178,35 +213,86 @@ class AssetRegistry:
                     mimetype=str(resource.get("mimetype", "application/x-hdf5")),
                 )
         raise AssetError(
-            f"no stream_datum covers seq_num {seq_num} of {data_key!r} (descriptor {descriptor!r})"
+            f"no stream_datum covers seq_num {seq_num} of {data_key!r} (descriptor {descriptor!r})",
+            cause="NO_STREAM_DATUM",
         )
 
     # ----------------------------------------------------------------- reading (background)
     def read(self, locator: DatumLocator | StreamLocator) -> np.ndarray:
-        """Read the frame a locator names; :class:`AssetError` says what failed."""
+        """Read the frame a locator names.
+
+        HDF5 files are opened with the compression filter plugins registered
+        (:mod:`bluesky_ptycho.io.hdf5`). Area-detector files (specs ``AD_HDF5`` and
+        ``AD_HDF5_SWMR`` with the default handlers) are read directly; other specs go through
+        their handler.
+
+        Raises
+        ------
+        FrameReadError
+            An HDF5 file or frame cannot be read; its ``cause`` names the problem and the fix.
+        AssetError
+            Anything else (an unsupported mimetype, a handler's own error).
+        """
         if isinstance(locator, StreamLocator):
-            return _read_stream(locator)
+            path = locator.path
+            read = functools.partial(_read_stream, locator)
+        elif self._native(locator.spec):
+            path = locator.path
+            read = functools.partial(_read_area_detector, locator)
+        else:
+            return self._read_with_handler(locator)
+        # A file that stopped growing while frames were still missing (a half-written file,
+        # a writer that stopped early) is not waited for again on every later frame.
+        attempts = 1 if path in self._stalled else _FLUSH_RETRIES
+        try:
+            frame = _retrying(read, attempts)
+        except FrameReadError as exc:
+            if exc.cause is ReadCause.BEING_WRITTEN:
+                self._stalled.add(path)
+            raise
+        self._stalled.discard(path)
+        return frame
+
+    def _native(self, spec: str) -> bool:
+        """Whether frames of ``spec`` are read here rather than by a handler class."""
+        if spec not in _AREA_DETECTOR_SPECS:
+            return False
+        handler = self.handlers.get(spec)
+        return handler is None or getattr(handler, "__module__", "").startswith(
+            "area_detector_handlers"
+        )
+
+    def _read_with_handler(self, locator: DatumLocator) -> np.ndarray:
         handler_cls = self.handlers[locator.spec]
+        register_filters()  # handlers open HDF5 files themselves
         if not os.path.exists(locator.path):
-            raise AssetError(f"file {locator.path!r} of datum {locator.datum_id!r} not found")
+            raise FrameReadError(
+                ReadCause.FILE_MISSING,
+                locator.path,
+                f"file {locator.path!r} of datum {locator.datum_id!r} not found",
+            )
         for attempt in range(_FLUSH_RETRIES):
             # a file still being written (or resized on unstage) can fail a read for a moment
             try:
                 handler = handler_cls(locator.path, **locator.resource_kwargs)
                 try:  # handlers may return lazy (dask) arrays: read before closing
-                    frame = np.asarray(handler(**locator.datum_kwargs))
+                    return np.asarray(handler(**locator.datum_kwargs))
                 finally:
                     close = getattr(handler, "close", None)
                     if callable(close):
                         close()
-                break
             except Exception as exc:
                 if attempt == _FLUSH_RETRIES - 1:
                     raise AssetError(
-                        f"reading datum {locator.datum_id!r} from {locator.path!r} failed: {exc}"
+                        f"reading datum {locator.datum_id!r} from {locator.path!r} with the "
+                        f"{locator.spec!r} handler failed: {exc}"
                     ) from exc
                 time.sleep(_FLUSH_WAIT_S)
-        return np.asarray(frame)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+#: Area-detector specs whose frames this module reads itself: the dataset, frames per point.
+_AREA_DETECTOR_SPECS = {"AD_HDF5": "/entry/data/data", "AD_HDF5_SWMR": "/entry/data/data"}
 
 
 def _path_from_uri(uri: str) -> str:
@@ -216,46 +302,46 @@ def _path_from_uri(uri: str) -> str:
     return unquote(parsed.path) if parsed.scheme else uri
 
 
-def _open_for_reading(h5py: Any, path: str) -> Any:
-    """Open an HDF5 file that a writer may still hold open (in this process or another).
-
-    SWMR first (ophyd-async writers use it); HDF5 refuses a second open of a file already open
-    in this process with different locking flags, so plain and lock-free opens are tried next.
-    """
-    errors = []
-    for kwargs in ({"swmr": True}, {}, {"swmr": True, "locking": False}, {"locking": False}):
+def _retrying(read: Callable[[], np.ndarray], attempts: int) -> np.ndarray:
+    """Run ``read``; retry for a moment while the cause is transient (file being written)."""
+    for attempt in range(attempts):
         try:
-            return h5py.File(path, "r", **kwargs)
-        except (OSError, ValueError, TypeError) as exc:
-            errors.append(str(exc))
-    raise AssetError(f"cannot open {path!r}: {errors[-1]}")
+            return read()
+        except FrameReadError as exc:
+            if not exc.cause.transient or attempt == attempts - 1:
+                raise
+            time.sleep(_FLUSH_WAIT_S)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _read_area_detector(loc: DatumLocator) -> np.ndarray:
+    """``dataset[point * fpp:(point + 1) * fpp]`` of an area-detector HDF5 file."""
+    dataset = _AREA_DETECTOR_SPECS[loc.spec]
+    try:
+        fpp = int(loc.resource_kwargs.get("frame_per_point", 1))
+        point = int(loc.datum_kwargs["point_number"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise AssetError(
+            f"datum {loc.datum_id!r}: {loc.spec} needs an integer datum_kwargs['point_number'] "
+            f"and resource_kwargs['frame_per_point'] ({exc!r})"
+        ) from None
+    if fpp < 1 or point < 0:
+        raise AssetError(
+            f"datum {loc.datum_id!r}: point_number {point} and frame_per_point {fpp} must be "
+            ">= 0 and >= 1"
+        )
+
+    with opened(loc.path) as f:
+        ds = get_dataset(f, dataset)
+        last = (point + 1) * fpp - 1
+        if last >= ds.shape[0]:
+            read_frame(ds, last, retries=0)  # raises BEING_WRITTEN, naming the frame
+        return read_frame(ds, slice(point * fpp, (point + 1) * fpp))
 
 
 def _read_stream(loc: StreamLocator) -> np.ndarray:
     if loc.mimetype not in ("application/x-hdf5", "application/x-hdf5; swmr"):
         raise AssetError(f"unsupported stream_resource mimetype {loc.mimetype!r}")
-    if not os.path.exists(loc.path):
-        raise AssetError(f"HDF5 file {loc.path!r} not found")
-    import h5py
 
-    try:
-        f = _open_for_reading(h5py, loc.path)
-        with f:
-            if loc.dataset not in f:
-                raise AssetError(f"dataset {loc.dataset!r} not in {loc.path!r}")
-            ds = f[loc.dataset]
-            for _ in range(_FLUSH_RETRIES):  # the writer may not have flushed the frame yet
-                if loc.index < ds.shape[0]:
-                    break
-                time.sleep(_FLUSH_WAIT_S)
-                if f.swmr_mode:
-                    ds.refresh()
-            if loc.index >= ds.shape[0]:
-                raise AssetError(
-                    f"frame {loc.index} not yet in {loc.path}:{loc.dataset} (it has {ds.shape[0]})"
-                )
-            return np.asarray(ds[loc.index])
-    except AssetError:
-        raise
-    except Exception as exc:
-        raise AssetError(f"reading {loc.path}:{loc.dataset}[{loc.index}] failed: {exc}") from exc
+    with opened(loc.path) as f:
+        return read_frame(get_dataset(f, loc.dataset), loc.index, retries=0)
