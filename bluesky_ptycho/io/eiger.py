@@ -126,6 +126,7 @@ class LinkedFrames:
             yield start, self._read(start, min(start + int(size), len(self)))
 
     def _read(self, start: int, stop: int) -> NDArray[Any]:
+        _register_filters()
         out = np.empty((stop - start, *self.shape[1:]), dtype=self.dtype)
         offset = 0
         for part in self.parts:
@@ -187,6 +188,7 @@ def read_master(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no master file at {str(path)!r}")
+    _register_filters()
     where = str(path)
     try:
         f = h5py.File(path, "r")
@@ -332,6 +334,15 @@ def read_positions(
 
 # --------------------------------------------------------------------------------------------
 # helpers
+
+
+def _register_filters() -> None:
+    """Register the HDF5 compression plugins (Eiger data files are usually bitshuffle/LZ4)."""
+    try:
+        from bluesky_ptycho.io.hdf5 import register_filters
+    except ImportError:  # an installation without the hdf5 helpers: plain filters only
+        return
+    register_filters()
 
 
 def _data_names(group: h5py.Group) -> list[str]:

@@ -43,6 +43,7 @@ __all__ = [
     "replay_file",
     "replay_run",
     "scan_documents",
+    "scan_setup",
 ]
 
 DocumentCallback = Callable[[str, dict[str, Any]], Any]
@@ -189,6 +190,26 @@ def scan_documents(
     start_md.update(metadata)
     start_md[START_KEY] = setup.to_start_doc()
     return _documents(scan, setup, start_md, chunk=chunk, as_pages=as_pages)
+
+
+def scan_setup(scan: ScanFile, **kwargs: Any) -> ScanSetup:
+    """The :class:`~bluesky_ptycho.setup.ScanSetup` a replay of ``scan`` announces.
+
+    Parameters
+    ----------
+    scan : ScanFile
+    **kwargs
+        As for :func:`scan_documents` (``crop``, ``setup_options``, ...).
+
+    Returns
+    -------
+    ScanSetup
+        Exactly what ``start["ptycho"]`` of :func:`scan_documents` holds, so an offline
+        reconstruction preprocesses and places the frames as the live pipeline does.
+    """
+    name, start = next(iter(scan_documents(scan, **kwargs)))
+    assert name == "start"
+    return ScanSetup.from_start_doc(start[START_KEY])
 
 
 def _documents(
@@ -362,7 +383,9 @@ def replay(
     Parameters
     ----------
     source : str or path-like
-        An existing file or directory (replayed with :func:`replay_file`); an ``http(s)://``
+        An existing file (replayed with :func:`replay_file`); a scan directory (read with
+        :class:`~bluesky_ptycho.io.follow.Follower`, which ends at the scan's last frame, its
+        stop marker or its timeout); an ``http(s)://``
         URI of a run in a tiled server; or otherwise a run uid looked up in ``catalog``
         (:func:`replay_run`).
     callback : callable
@@ -372,7 +395,8 @@ def replay(
     rate_hz : float, optional
         Frames per second (see :func:`paced`); 0 (default): as fast as possible.
     **kwargs
-        Passed to :func:`replay_file` for a file.
+        Passed to :func:`replay_file` for a file; for a directory, ``setup`` and ``options``
+        of :class:`~bluesky_ptycho.io.follow.Follower`.
 
     Returns
     -------
@@ -386,6 +410,8 @@ def replay(
         ``catalog`` (or no catalog was given), or ``rate_hz`` is negative.
     """
     rate = _rate(rate_hz)
+    if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
+        return _send(paced(_directory_documents(Path(source), **kwargs), rate), callback)
     if isinstance(source, (str, os.PathLike)) and Path(source).exists():
         return replay_file(source, callback, rate_hz=rate, **kwargs)
     if not isinstance(source, str):
@@ -477,6 +503,18 @@ def _send(docs: Iterator[tuple[str, dict[str, Any]]], callback: DocumentCallback
     if uid is None:
         raise ValueError("the replayed documents contain no start document")
     return uid
+
+
+def _directory_documents(path: Path, **kwargs: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+    from bluesky_ptycho.io.follow import Follower
+
+    unknown = sorted(set(kwargs) - {"setup", "options"})
+    if unknown:
+        raise ValueError(
+            f"options {unknown} do not apply to a scan directory ({str(path)!r}); it takes "
+            "setup= and options= (FollowOptions)"
+        )
+    return Follower(path, **kwargs).documents()
 
 
 def _rate(rate_hz: Any) -> float:

@@ -4,14 +4,15 @@
 
 - a CXI file (``/entry_1`` with frames): :func:`~bluesky_ptycho.io.cxi.read_cxi`;
 - a NeXus/Eiger master (``/entry/data/data_NNNNNN``): :func:`~bluesky_ptycho.io.eiger.read_master`;
-- a bluesky-ptycho result file that carries its frames (it is laid out as CXI);
-- a scan directory (Eiger master + data files or chunk files + positions file), when
-  :mod:`bluesky_ptycho.io.follow` provides a reader for it.
+- a bluesky-ptycho result file that carries its frames (it is laid out as CXI).
+
+A scan directory (Eiger master + data files or chunk files + positions file) is not a single
+file: :func:`~bluesky_ptycho.io.replay.replay` reads it with
+:class:`~bluesky_ptycho.io.follow.Follower`, as documents.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,6 @@ from bluesky_ptycho.io.cxi import ScanFile, read_cxi
 from bluesky_ptycho.io.eiger import is_master_file, read_master
 
 __all__ = ["read_scan", "scan_format"]
-
-_DIRECTORY_READERS = ("read_scan_directory", "read_directory", "read_scan")
 
 
 def scan_format(path: str | os.PathLike[str]) -> str:
@@ -84,8 +83,8 @@ def read_scan(
     Raises
     ------
     FileNotFoundError, ValueError
-        From the readers; ``ValueError`` also if the layout is not recognised or a scan
-        directory cannot be read yet (no directory reader installed).
+        From the readers; ``ValueError`` also if the layout is not recognised, or ``path`` is
+        a scan directory.
     """
     kind = scan_format(path)
     if kind == "nexus-master":
@@ -97,27 +96,8 @@ def read_scan(
                 "pass positions"
             )
         return read_cxi(path, **kwargs)
-    return _read_directory(Path(path), positions=positions, **kwargs)
-
-
-def _read_directory(path: Path, **kwargs: Any) -> ScanFile:
-    try:
-        follow = importlib.import_module("bluesky_ptycho.io.follow")
-    except ImportError:
-        follow = None
-    for name in _DIRECTORY_READERS:
-        reader = getattr(follow, name, None) if follow is not None else None
-        if callable(reader):
-            options = {k: v for k, v in kwargs.items() if v is not None}
-            scan = reader(path, **options)
-            if not isinstance(scan, ScanFile):
-                raise ValueError(
-                    f"bluesky_ptycho.io.follow.{name} returned {type(scan).__name__}, "
-                    "not a ScanFile"
-                )
-            return scan
     raise ValueError(
-        f"{str(path)!r} is a directory; reading a scan directory needs a reader in "
-        "bluesky_ptycho.io.follow (not available in this installation): pass the master or "
-        "CXI file instead"
+        f"{os.fspath(path)!r} is a scan directory, not a file: replay it (bluesky-ptycho replay "
+        "DIRECTORY, or bluesky_ptycho.io.replay.replay), which follows its files; or pass its "
+        "master file"
     )
