@@ -33,7 +33,15 @@ import numpy as np
 from bluesky_ptycho.setup import ScanSetup
 from bluesky_ptycho.simulate import SimulatedDataset, simulate_dataset, small_preset
 
-__all__ = ["FileWriterConfig", "main", "scan_setup", "write_scan"]
+__all__ = [
+    "FileWriterConfig",
+    "main",
+    "scan_setup",
+    "write_data_file",
+    "write_master",
+    "write_scan",
+    "write_setup",
+]
 
 LAYOUTS = ("eiger", "chunks")
 POSITION_FORMATS = ("h5", "txt")
@@ -97,7 +105,8 @@ def scan_setup(ds: SimulatedDataset, config: FileWriterConfig) -> ScanSetup:
     )
 
 
-def _write_setup(directory: Path, setup: ScanSetup, *, geometry_in_master: bool) -> None:
+def write_setup(directory: Path, setup: ScanSetup, *, geometry_in_master: bool) -> None:
+    """Write ``setup.json`` (without the geometry the master file holds, if asked)."""
     doc = setup.to_start_doc()
     if geometry_in_master:  # the master's NeXus metadata brings these
         for key in ("energy_eV", "detector_distance_m", "detector_pixel_m", "beam_center_px"):
@@ -107,7 +116,8 @@ def _write_setup(directory: Path, setup: ScanSetup, *, geometry_in_master: bool)
     tmp.replace(directory / "setup.json")
 
 
-def _write_master(path: Path, ds: SimulatedDataset, n_files: int) -> None:
+def write_master(path: Path, ds: SimulatedDataset, n_files: int) -> None:
+    """Write an Eiger-style master: NeXus geometry and links to ``n_files`` data files."""
     g = ds.geometry
     n = ds.intensities.shape[1]
     stem = path.name[: -len("_master.h5")]
@@ -133,7 +143,8 @@ def _write_master(path: Path, ds: SimulatedDataset, n_files: int) -> None:
             data[f"data_{k:06d}"] = h5py.ExternalLink(f"{stem}_data_{k:06d}.h5", "/entry/data/data")
 
 
-def _write_data_file(path: Path, frames: np.ndarray, first: int, layout: str) -> None:
+def write_data_file(path: Path, frames: np.ndarray, first: int, layout: str) -> None:
+    """Write one data file (``layout`` ``"eiger"`` or ``"chunks"``); ``first``: its scan index."""
     with h5py.File(path, "w") as f:
         if layout == "eiger":
             ds = f.create_dataset("entry/data/data", data=frames, chunks=(1, *frames.shape[1:]))
@@ -205,9 +216,9 @@ def write_scan(
     per = int(cfg.frames_per_file)
     n_files = -(-total // per)
     eiger = cfg.layout == "eiger"
-    _write_setup(out, scan_setup(ds, cfg), geometry_in_master=eiger)
+    write_setup(out, scan_setup(ds, cfg), geometry_in_master=eiger)
     if eiger:
-        _write_master(out / "scan_master.h5", ds, n_files)
+        write_master(out / "scan_master.h5", ds, n_files)
     positions = _Positions(out, cfg.positions)
     log_file = open(log, "a") if log is not None else None
     try:
@@ -216,7 +227,7 @@ def write_scan(
             positions.append(ds.positions_m[first:stop])
             time.sleep(cfg.interval_s)
             name = f"scan_data_{k + 1:06d}.h5" if eiger else f"chunk_{k:05d}.h5"
-            _write_data_file(out / name, ds.intensities[first:stop], first, cfg.layout)
+            write_data_file(out / name, ds.intensities[first:stop], first, cfg.layout)
             closed = time.time()
             if log_file is not None:
                 record = {"file": name, "first": first, "n": stop - first, "closed": closed}

@@ -32,6 +32,7 @@ own values override.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -348,6 +349,22 @@ class ScanDirectory:
         return None if marker is None else self.path / marker
 
 
+def _with_gaps(paths: list[Path]) -> list[Path]:
+    """``paths`` plus the names missing from their numbering (``chunk_00002.h5`` between
+    ``chunk_00001.h5`` and ``chunk_00003.h5``): a file the writer skipped or lost still holds
+    its place in the scan, so later files keep their frame indices."""
+    out = list(paths)
+    for a, b in itertools.pairwise(paths):
+        ma, mb = _TRAILING_NUMBER.search(a.stem), _TRAILING_NUMBER.search(b.stem)
+        if ma is None or mb is None or a.stem[: ma.start()] != b.stem[: mb.start()]:
+            continue
+        width = len(ma.group(1))
+        head = a.stem[: ma.start()]
+        for n in range(int(ma.group(1)) + 1, int(mb.group(1))):
+            out.append(a.with_name(f"{head}{n:0{width}d}{a.suffix}"))
+    return out
+
+
 def glob_escape(text: str) -> str:
     """``text`` with glob metacharacters escaped (for a file-name prefix)."""
     return re.sub(r"([*?\[])", r"[\1]", text)
@@ -630,11 +647,11 @@ class Follower:
                 yield "event_page", self._compose_page(descriptor, batch)
             if self._progress_signature() != state_before:
                 last_progress = time.monotonic()
-            if self.complete():
-                reason = "complete"
-                break
             if marker_now:
                 reason = "stop marker"
+                break
+            if self.complete():
+                reason = "complete"
                 break
             if time.monotonic() - last_progress > opts.timeout_s:
                 reason = "timeout"
@@ -814,7 +831,7 @@ class Follower:
 
     # ------------------------------------------------------------------ data files
     def _discover(self) -> None:
-        for path in self.directory.data_files():
+        for path in _with_gaps(self.directory.data_files()):
             if path not in self._files:
                 self._files[path] = _DataFile(path=path, seen=time.time())
                 self._order.append(path)
@@ -906,6 +923,9 @@ class Follower:
                     self._emit(entry, block, batches)
                     progressed = True
                 complete = entry.count is not None and entry.read >= entry.count
+                expected = self.expected
+                if expected is not None and entry.start + entry.length >= expected:
+                    later = True  # the scan's last frame is in this file: nothing follows
                 # the writer has moved on (a later file exists) or the scan ended: this file
                 # is final once everything it holds has been read
                 if complete or ((later or final) and entry.read >= entry.length):
@@ -1237,4 +1257,5 @@ def follow(
             },
             overwrite=True,
         )
-    return FollowResult(state=state, report=report, result_path=path, rejected=status.rejected)
+    rejected = status.live.rejected if status.live is not None else status.rejected
+    return FollowResult(state=state, report=report, result_path=path, rejected=rejected)
