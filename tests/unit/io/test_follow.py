@@ -181,27 +181,23 @@ def test_frames_wait_for_their_positions_and_a_half_written_file_is_waited_for(
     """Frames are read only once their positions exist; an unreadable file is not skipped
     while it may still be being written (it changes, or settle_s has not passed)."""
     ds = small_dataset
-    d = _scan_dir(tmp_path, ds, layout="chunks", files=[], n_positions=0, marker=False)
+    d = _scan_dir(
+        tmp_path, ds, layout="chunks", positions="txt", files=[], n_positions=0, marker=False
+    )
     follower = Follower(d, options=FollowOptions(settle_s=60, poll_s=0.01))
     write_data_file(d / "chunk_00000.h5", ds.intensities[:9], 0, "chunks")
     assert follower.poll() == []  # no positions yet
-    with open(d / "positions.h5", "w"):
-        pass
-    (d / "positions.h5").unlink()
-    (d / "positions.txt").write_text(
-        "".join(f"{r / 1e-6} {c / 1e-6}\n" for r, c in ds.positions_m[:5]) + "1.0 "
-    )  # five complete lines and a half-written one
+    lines = [f"{r / 1e-6} {c / 1e-6}\n" for r, c in ds.positions_m]
+    with open(d / "positions.txt", "w") as f:  # five lines and a half-written sixth
+        f.write("".join(lines[:5]) + lines[5][:4])
     batches = follower.poll()
     assert [len(b) for b in batches] == [5]
     np.testing.assert_array_equal(batches[0].frames, ds.intensities[:5])
     # the next file is half-written: not HDF5 yet; a later file already exists
     (d / "chunk_00001.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
     write_data_file(d / "chunk_00002.h5", ds.intensities[18:27], 18, "chunks")
-    with open(d / "positions.txt", "w") as f:
-        f.write("".join(f"{r / 1e-6} {c / 1e-6}\n" for r, c in ds.positions_m))
-    follower._positions = follower._positions[:0]  # the file was rewritten from the start
-    follower._positions_offset = 0
-    follower._positions_line = 0
+    with open(d / "positions.txt", "a") as f:
+        f.write(lines[5][4:] + "".join(lines[6:]))
     batches = follower.poll()
     assert sum(len(b) for b in batches) == 4  # the rest of chunk 0, then it waits
     assert follower.poll() == [] and follower.problems == ()
