@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import time
 from pathlib import Path
 
 import event_model
@@ -13,9 +14,14 @@ from bluesky import RunEngine
 from bluesky_ptycho.plans import spirangle_ptycho
 
 from bluesky_ptycho.callback import PtychoCallback
+from bluesky_ptycho.cli import main
+from bluesky_ptycho.engine import EPIEOptions, ReconstructionState
 from bluesky_ptycho.io.cxi import ELEMENTARY_CHARGE_C, H5Frames, ScanFile, read_cxi, write_cxi
-from bluesky_ptycho.io.replay import replay, replay_file, replay_run, scan_documents
-from bluesky_ptycho.live import LiveOptions
+from bluesky_ptycho.io.eiger import read_master
+from bluesky_ptycho.io.replay import paced, replay, replay_file, replay_run, scan_documents
+from bluesky_ptycho.io.result import read_result, validate_nxcxi_ptycho, write_result
+from bluesky_ptycho.live import LiveOptions, LiveReconstruction
+from bluesky_ptycho.live.options import PacingPolicy
 from bluesky_ptycho.metrics import illuminated_region, object_error
 from bluesky_ptycho.setup import ScanSetup
 from bluesky_ptycho.sim_beamline import make_beamline
@@ -486,3 +492,271 @@ def test_replaying_a_run_saved_in_databroker_matches_the_live_run(tmp_path):
     names: list[str] = []
     assert replay(uid, lambda name, doc: names.append(name), catalog=catalog) == uid
     assert names[0] == "start" and names[-1] == "stop"
+
+
+# ------------------------------------------------------------------ one pipeline, any source
+# Reconstructing only after the last frame (no passes while frames arrive) makes the live
+# pipeline reproducible: the same frames in the same order give the same state, bit for bit.
+# Every replay below must therefore equal the in-process reconstruction exactly.
+
+FINAL_PASSES = 10
+
+
+def _deterministic_options() -> LiveOptions:
+    # what `bluesky-ptycho replay --passes-per-batch 0 --passes 10` uses
+    return LiveOptions(
+        epie=EPIEOptions(validation_every=25, seed=0),
+        pacing=PacingPolicy(passes_per_batch=0),
+        final_passes=FINAL_PASSES,
+    )
+
+
+def _assert_same_reconstruction(got: ReconstructionState, want: ReconstructionState) -> None:
+    assert got.iteration == want.iteration == FINAL_PASSES
+    assert got.n_patterns == want.n_patterns
+    np.testing.assert_array_equal(got.positions_px, want.positions_px)
+    np.testing.assert_array_equal(got.object, want.object)
+    np.testing.assert_array_equal(got.probe, want.probe)
+    np.testing.assert_array_equal(got.fourier_error, want.fourier_error)
+
+
+@pytest.fixture(scope="module")
+def in_process_state(small_dataset) -> ReconstructionState:
+    """The small dataset's arrays handed straight to a LiveReconstruction: no files, no docs."""
+    ds = small_dataset
+    live = LiveReconstruction(
+        ds.object.shape,
+        ds.intensities.shape[1:],
+        expected_patterns=ds.n_patterns,
+        options=_deterministic_options(),
+    )
+    live.start()
+    live.submit(ds.intensities, ds.positions_px)
+    live.finish()
+    state = live.wait(timeout=120)
+    region = illuminated_region(ds.probe, state.positions_px, ds.object.shape, threshold=0.3)
+    assert object_error(state.object, ds.object, region=region) < REPLAY_OBJECT_ERROR
+    return state
+
+
+def write_eiger_scan(directory: Path, ds, *, per_file: int = 30) -> tuple[Path, Path]:
+    """An Eiger-style scan: master + data files (uint32 counts) + a separate positions file."""
+    directory.mkdir(parents=True, exist_ok=True)
+    g = ds.geometry
+    frames = ds.intensities.astype(np.uint32)
+    assert np.array_equal(frames, ds.intensities)  # counts: exact in both types
+    master = directory / "scan_master.h5"
+    with h5py.File(master, "w") as f:
+        entry = f.create_group("entry")
+        entry.attrs["NX_class"] = "NXentry"
+        data = entry.create_group("data")
+        data.attrs["NX_class"] = "NXdata"
+        for k, start in enumerate(range(0, len(frames), per_file), start=1):
+            name = f"scan_data_{k:06d}.h5"
+            with h5py.File(directory / name, "w") as df:
+                df.create_dataset("entry/data/data", data=frames[start : start + per_file])
+            data[f"data_{k:06d}"] = h5py.ExternalLink(name, "/entry/data/data")
+        det = entry.create_group("instrument/detector")
+        det.attrs["NX_class"] = "NXdetector"
+        det["detector_distance"] = g.detector_distance_m
+        det["detector_distance"].attrs["units"] = "m"
+        for axis in ("x", "y"):
+            det[f"{axis}_pixel_size"] = g.detector_pixel_m
+            det[f"{axis}_pixel_size"].attrs["units"] = "m"
+            det[f"beam_center_{axis}"] = 32.0
+            det[f"beam_center_{axis}"].attrs["units"] = "pixel"
+        det["detectorSpecific/photon_energy"] = g.energy_eV
+        det["detectorSpecific/photon_energy"].attrs["units"] = "eV"
+        det["detectorSpecific/pixel_mask"] = np.zeros(frames.shape[1:], np.uint32)
+        beam = entry.create_group("instrument/beam")
+        beam["incident_wavelength"] = g.wavelength_m * 1e10
+        beam["incident_wavelength"].attrs["units"] = "angstrom"
+    positions = directory / "positions.h5"
+    with h5py.File(positions, "w") as f:
+        f["positions_m"] = ds.positions_m
+        f["positions_m"].attrs["units"] = "m"
+    return master, positions
+
+
+def test_the_eiger_master_reader(small_dataset, tmp_path):
+    ds = small_dataset
+    master, positions = write_eiger_scan(tmp_path / "eiger", ds)
+    scan = read_master(master, positions=positions)
+    assert scan.n_frames == 81 and scan.frame_shape == (64, 64)
+    assert scan.metadata["format"] == "nexus-master" and len(scan.metadata["data_files"]) == 3
+    np.testing.assert_array_equal(np.asarray(scan.intensities), ds.intensities)
+    starts, blocks = zip(*scan.iter_frames(chunk=25), strict=True)  # chunks across files
+    assert starts == (0, 25, 50, 75)
+    np.testing.assert_array_equal(np.concatenate(blocks), ds.intensities)
+    np.testing.assert_array_equal(scan.positions_m, ds.positions_m)
+    with h5py.File(tmp_path / "um.h5", "w") as f:  # other units are scaled to metres
+        f["xy"] = ds.positions_m * 1e6
+        f["xy"].attrs["units"] = "um"
+    micro = read_master(master, positions=tmp_path / "um.h5", positions_dataset="xy")
+    np.testing.assert_allclose(micro.positions_m, ds.positions_m, rtol=1e-12)
+    assert scan.energy_eV == ds.geometry.energy_eV
+    assert scan.beam_center_px == (32.0, 32.0) and not scan.mask.any()
+    # without photon_energy the wavelength gives the energy
+    with h5py.File(master, "a") as f:
+        del f["entry/instrument/detector/detectorSpecific/photon_energy"]
+    assert read_master(master, positions=positions).energy_eV == pytest.approx(
+        ds.geometry.energy_eV, rel=1e-12
+    )
+    with pytest.raises(ValueError, match=r"holds no scan positions.*pass positions="):
+        read_master(master)
+    with pytest.raises(ValueError, match=r"81 frames, so \(n, 2\) = \(81, 2\)"):
+        read_master(master, positions=ds.positions_m[:10])
+    (tmp_path / "eiger" / "scan_data_000002.h5").unlink()
+    with pytest.raises(FileNotFoundError, match=r"scan_data_000002\.h5"):
+        read_master(master, positions=positions)
+
+
+def test_replays_of_cxi_master_and_catalog_equal_the_in_process_reconstruction(
+    small_dataset, cxi_file, in_process_state, tmp_path
+):
+    """CXI file and Eiger master through `bluesky-ptycho replay`, a catalog run by uid."""
+    master, positions = write_eiger_scan(tmp_path / "eiger", small_dataset)
+    common = ["--passes-per-batch", "0", "--passes", str(FINAL_PASSES), "--quiet"]
+    out_cxi, out_master = tmp_path / "cxi-result.h5", tmp_path / "master-result.h5"
+    assert main(["replay", str(cxi_file), *common, "--output", str(out_cxi)]) == 0
+    assert (
+        main(
+            [
+                "replay",
+                str(master),
+                "--positions",
+                str(positions),
+                *common,
+                "--output",
+                str(out_master),
+            ]
+        )
+        == 0
+    )
+    for out in (out_cxi, out_master):
+        result = read_result(out)
+        _assert_same_reconstruction(result.state, in_process_state)
+        assert result.run_uid and result.has_frames
+        assert result.options["pacing"]["passes_per_batch"] == 0
+        assert validate_nxcxi_ptycho(out) == []
+
+    temp = pytest.importorskip("databroker.v2").temp
+    catalog = temp()
+    uid = replay_file(cxi_file, catalog.v1.insert)
+    cb = PtychoCallback(options=_deterministic_options())
+    assert replay(uid, cb, catalog=catalog) == uid
+    state = cb.result(timeout=120)
+    cb.close()
+    _assert_same_reconstruction(state, in_process_state)
+
+
+def test_a_run_recorded_in_databroker_replays_to_the_live_reconstruction():
+    """RunEngine -> (live PtychoCallback, databroker); the replay by uid gives the same state."""
+    temp = pytest.importorskip("databroker.v2").temp
+    catalog = temp()
+    beamline = make_beamline(mode="inline", seed=5)
+    preset = beamline.specimen.preset
+    RE = RunEngine({})
+    RE.subscribe(catalog.v1.insert)
+    live = PtychoCallback(options=_deterministic_options())
+    RE.subscribe(live)
+    (uid,) = RE(
+        spirangle_ptycho(
+            [beamline.detector],
+            beamline.x_motor,
+            beamline.y_motor,
+            setup=beamline.setup(),
+            n_side=preset.n_rows,
+            step=preset.step_m / beamline.position_scale_m,
+        )
+    )
+    in_process = live.result(timeout=120)
+    live.close()
+    replayed = PtychoCallback(options=_deterministic_options())
+    replay_run(catalog, uid, replayed)
+    state = replayed.result(timeout=120)
+    replayed.close()
+    assert replayed.status.rejected == 0, replayed.status.reasons
+    _assert_same_reconstruction(state, in_process)
+
+
+# ------------------------------------------------------------------ frame rate
+
+
+class _FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def test_paced_sends_frame_k_at_k_over_rate(cxi_file):
+    docs = list(scan_documents(read_cxi(cxi_file), chunk=30))
+    clock = _FakeClock()
+    sent = []
+    for name, doc in paced(docs, 20.0, clock=clock, sleep=clock.sleep):
+        sent.append((name, doc, clock.now))
+    names = [n for n, _, _ in sent]
+    assert names[:2] == ["start", "descriptor"] and names[-1] == "stop"
+    events = [(doc, t) for n, doc, t in sent if n == "event"]
+    assert len(events) == 81  # pages unpacked into single events
+    times = np.array([t for _, t in events])
+    np.testing.assert_allclose(times - times[0], np.arange(81) / 20.0)
+    seq = [doc["seq_num"] for doc, _ in events]
+    assert seq == list(range(1, 82))
+    # rate 0 passes the documents unchanged; a negative rate is refused
+    assert list(paced(docs, 0)) == docs
+    with pytest.raises(ValueError, match="rate_hz must be >= 0"):
+        list(paced(docs, -1))
+
+
+def test_a_replay_at_a_rate_takes_as_long_as_the_scan(cxi_file):
+    names: list[str] = []
+    t0 = time.perf_counter()
+    replay(cxi_file, lambda name, doc: names.append(name), rate_hz=200.0)
+    elapsed = time.perf_counter() - t0
+    assert names.count("event") == 81
+    assert elapsed >= 80 / 200.0
+    t0 = time.perf_counter()
+    replay(cxi_file, lambda name, doc: None)
+    assert time.perf_counter() - t0 < 80 / 200.0
+
+
+# ------------------------------------------------------------------ reconstruct --resume
+
+
+def test_reconstruct_resumes_from_a_result_file(small_dataset, cxi_file, tmp_path):
+    first, resumed, straight = (tmp_path / f"{n}.h5" for n in ("first", "resumed", "straight"))
+    assert main(["reconstruct", str(cxi_file), "--passes", "6", "--output", str(first)]) == 0
+    args = ["reconstruct", str(cxi_file), "--passes", "6", "--quiet"]
+    assert main([*args, "--resume", str(first), "--output", str(resumed)]) == 0
+    assert main(["reconstruct", str(cxi_file), "--passes", "12", "--output", str(straight)]) == 0
+    a, b, c = (read_result(p) for p in (first, resumed, straight))
+    assert validate_nxcxi_ptycho(resumed) == []
+    assert b.metadata["resumed_from"] == str(first)
+    assert (a.state.iteration, b.state.iteration, c.state.iteration) == (6, 12, 12)
+    # the history continues: the first six passes are the first file's
+    np.testing.assert_array_equal(b.state.fourier_error[:6], a.state.fourier_error)
+    # and it continues from where it was, not from scratch
+    assert b.state.fourier_error[6] < 0.5 * a.state.fourier_error[0]
+    assert b.state.fourier_error[6] < 1.2 * a.state.fourier_error[-1]
+    ds = small_dataset
+    region = illuminated_region(ds.probe, b.state.positions_px, ds.object.shape, threshold=0.3)
+    err_b = object_error(b.state.object, ds.object, region=region)
+    err_c = object_error(c.state.object, ds.object, region=region)
+    err_a = object_error(a.state.object, ds.object, region=region)
+    assert err_b < err_a and err_b < 1.5 * err_c
+    # a result of another scan (other object shape) is refused with the shapes named
+    other = ReconstructionState(
+        object=np.ones((20, 20), np.complex64),
+        probe=np.ones((64, 64), np.complex64),
+        positions_px=np.zeros((0, 2)),
+    )
+    write_result(tmp_path / "other.h5", other)
+    assert main([*args, "--resume", str(tmp_path / "other.h5")]) == 2
