@@ -12,12 +12,16 @@ import h5py
 import numpy as np
 import pytest
 
+from bluesky_ptycho.engine import EPIEOptions
 from bluesky_ptycho.engine.state import ReconstructionState
 from bluesky_ptycho.io import result as result_mod
+from bluesky_ptycho.io.cxi import ScanFile, read_cxi, write_cxi
+from bluesky_ptycho.io.eiger import FramePart, LinkedFrames
 from bluesky_ptycho.io.result import (
     ResultFile,
     read_checkpoint,
     read_result,
+    validate_nxcxi_ptycho,
     write_checkpoint,
     write_result,
 )
@@ -380,3 +384,136 @@ def test_the_did_it_work_signal_and_error_trace_round_trip(tmp_path):
     assert back.validation_ratio == pytest.approx(1.2)
     with h5py.File(path) as f:
         assert f["entry_1/process_1/validation_ratio"][()] == pytest.approx(1.2)
+
+
+# ------------------------------------------------------------------ NXcxi_ptycho
+
+
+def _scan(tmp_path: Path, n: int = 7, shape: tuple[int, int] = (16, 16)) -> ScanFile:
+    rng = np.random.default_rng(3)
+    frames = rng.poisson(50, size=(n, *shape)).astype(np.float32)
+    positions = rng.uniform(-1e-6, 1e-6, size=(n, 2))
+    path = write_cxi(
+        tmp_path / "scan.cxi",
+        frames,
+        positions,
+        energy_eV=13500.0,
+        detector_distance_m=3.2,
+        detector_pixel_m=75e-6,
+        beam_center_px=(7, 9),
+    )
+    return read_cxi(path)
+
+
+def test_a_result_with_its_scan_meets_nxcxi_ptycho(tmp_path: Path) -> None:
+    scan = _scan(tmp_path)
+    options = EPIEOptions(alpha=0.8, seed=4)
+    path = write_result(
+        tmp_path / "r.h5",
+        make_state(),
+        geometry=FakeGeometry(),
+        metadata={"run_uid": "0b4e-42", "sample_name": "star"},
+        scan=scan,
+        options=options,
+    )
+    assert validate_nxcxi_ptycho(path) == []
+    with h5py.File(path, "r") as f:
+        assert int(f["cxi_version"][()]) == 160
+        assert f["entry_1/definition"].asstr()[()] == "NXcxi_ptycho"
+        assert f["entry_1/entry_identifier"].asstr()[()] == "0b4e-42"
+        det = f["entry_1/instrument_1/detector_1"]
+        assert det["distance"][()] == 3.2 and det["distance"].attrs["units"] == "m"
+        assert det["x_pixel_size"][()] == 75e-6
+        energy = f["entry_1/instrument_1/beam_1/incident_beam_energy"]
+        assert energy[()] == pytest.approx(13500.0 * 1.602176634e-19, rel=1e-15)
+        assert energy.attrs["units"] == "J"
+        # the frames are the scan's, by link: no copy
+        link = det.get("data", getlink=True)
+        assert isinstance(link, h5py.ExternalLink)
+        np.testing.assert_array_equal(det["data"][()], np.asarray(scan.intensities))
+        np.testing.assert_array_equal(f["entry_1/data/data"][()], np.asarray(scan.intensities))
+        np.testing.assert_array_equal(
+            f["entry_1/sample_1/transformations/y"][()], -scan.positions_m[:, 0]
+        )
+        assert f["entry_1/process_1/parameters/alpha"][()] == 0.8
+        assert f["entry_1/sample_1/name"].asstr()[()] == "star"
+    rf = read_result(path)
+    assert rf.run_uid == "0b4e-42" and rf.has_frames
+    assert rf.options["alpha"] == 0.8 and rf.options["seed"] == 4
+    # the result is itself a CXI scan: frames, positions, geometry, beam centre come back
+    again = read_cxi(path)
+    np.testing.assert_array_equal(np.asarray(again.intensities), np.asarray(scan.intensities))
+    np.testing.assert_array_equal(again.positions_m, scan.positions_m)
+    assert again.energy_eV == pytest.approx(13500.0, rel=1e-14)
+    assert again.beam_center_px == (7.0, 9.0)
+
+
+def test_frames_in_memory_are_embedded_and_several_files_become_one_virtual_dataset(
+    tmp_path: Path,
+) -> None:
+    scan = _scan(tmp_path)
+    frames = np.asarray(scan.intensities)
+    embedded = ScanFile(frames, scan.positions_m, 13500.0, 3.2, 75e-6)
+    path = write_result(tmp_path / "embedded.h5", make_state(), scan=embedded)
+    assert validate_nxcxi_ptycho(path) == []
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(f["entry_1/instrument_1/detector_1/data"][()], frames)
+    parts = []
+    for k, (lo, hi) in enumerate(((0, 3), (3, 7))):
+        with h5py.File(tmp_path / f"d{k}.h5", "w") as f:
+            f["frames"] = frames[lo:hi]
+        parts.append(FramePart(tmp_path / f"d{k}.h5", "/frames", hi - lo))
+    linked = LinkedFrames(tuple(parts), frames.shape, frames.dtype)
+    multi = ScanFile(linked, scan.positions_m, 13500.0, 3.2, 75e-6)  # type: ignore[arg-type]
+    path = write_result(tmp_path / "virtual.h5", make_state(), scan=multi)
+    assert validate_nxcxi_ptycho(path) == []
+    with h5py.File(path, "r") as f:
+        ds = f["entry_1/instrument_1/detector_1/data"]
+        assert ds.is_virtual
+        np.testing.assert_array_equal(ds[()], frames)
+
+
+def test_validation_names_what_is_missing(tmp_path: Path) -> None:
+    # without the scan the frames are missing, and without a geometry the instrument too
+    bare = write_result(tmp_path / "bare.h5", make_state())
+    problems = validate_nxcxi_ptycho(bare)
+    assert "/entry_1/instrument_1/detector_1/data: missing" in problems
+    assert "/entry_1/instrument_1/detector_1/distance: missing" in problems
+    assert "/entry_1/instrument_1/beam_1/incident_beam_energy: missing" in problems
+    assert any("no NXdata group with data, x, y" in p for p in problems)
+    # with a geometry everything but the frames is there
+    geo = write_result(tmp_path / "geo.h5", make_state(), geometry=FakeGeometry())
+    assert validate_nxcxi_ptycho(geo) == [
+        "/entry_1/instrument_1/detector_1/data: missing",
+        "/entry_1/instrument_1/detector_1/data_1: missing",
+        "/entry_1/data_1/data: missing",
+        "/entry_1: no NXdata group with data, x, y, x_indices, y_indices and the signal and "
+        "axes attributes",
+    ]
+    # a broken file: wrong definition, a missing units attribute, a dangling frame link
+    scan = _scan(tmp_path)
+    path = write_result(tmp_path / "r.h5", make_state(), geometry=FakeGeometry(), scan=scan)
+    with h5py.File(path, "a") as f:
+        del f["entry_1/definition"]
+        f["entry_1/definition"] = "NXptycho"
+        del f["entry_1/instrument_1/detector_1/distance"].attrs["units"]
+    Path(scan.metadata["path"]).unlink()
+    problems = validate_nxcxi_ptycho(path)
+    assert "/entry_1/definition: is 'NXptycho', expected 'NXcxi_ptycho'" in problems
+    assert "/entry_1/instrument_1/detector_1/distance: missing attribute @units" in problems
+    assert "/entry_1/instrument_1/detector_1/data: missing" in problems
+    assert not read_result(path).has_frames
+    with pytest.raises(FileNotFoundError):
+        validate_nxcxi_ptycho(tmp_path / "absent.h5")
+
+
+def test_a_result_without_frames_still_round_trips_and_resumes(tmp_path: Path) -> None:
+    state = make_state()
+    rf = read_result(write_result(tmp_path / "r.h5", state, geometry=FakeGeometry()))
+    assert_states_identical(rf.state, state)
+    assert rf.has_frames is False and rf.run_uid is None and rf.options is None
+    with pytest.raises(TypeError, match="scan must be a ScanFile"):
+        write_result(tmp_path / "x.h5", state, scan=np.zeros((2, 4, 4)))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="options must be a dataclass or a mapping"):
+        write_result(tmp_path / "x.h5", state, options=3)
+    assert not (tmp_path / "x.h5").exists()
