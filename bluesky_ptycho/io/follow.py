@@ -624,47 +624,42 @@ class Follower:
         """
         opts = self.options
         marker = self.directory.stop_marker()
-        bundle = None
-        descriptor = None
+        run: dict[str, Any] = {}  # the run's compose bundle and descriptor, once started
         self._report = None
         last_progress = time.monotonic()
         reason = "timeout"
+
+        def send(batches: list[FrameBatch]) -> Iterator[tuple[str, dict[str, Any]]]:
+            if batches and not run:
+                run["bundle"] = self._compose_start()
+                yield "start", run["bundle"].start_doc
+                run["descriptor"] = self._compose_descriptor(run["bundle"], batches[0])
+                yield "descriptor", run["descriptor"].descriptor_doc
+            if run:
+                self._flush_problems(on_problem)
+            for batch in batches:
+                yield "event_page", self._compose_page(run["descriptor"], batch)
+
         while True:
             if cancel is not None and cancel.is_set():
                 reason = "cancelled"
                 break
-            marker_now = marker is not None and marker.exists()
-            state_before = self._progress_signature()
-            batches = self.poll(final=marker_now)
-            if batches and bundle is None:
-                bundle = self._compose_start()
-                yield "start", bundle.start_doc
-                descriptor = self._compose_descriptor(bundle, batches[0])
-                yield "descriptor", descriptor.descriptor_doc
-            if bundle is not None:
-                self._flush_problems(on_problem)
-            for batch in batches:
-                yield "event_page", self._compose_page(descriptor, batch)
-            if self._progress_signature() != state_before:
+            marker_now = marker is not None and marker.exists()  # before the look
+            before = self._progress_signature()
+            yield from send(self.poll())
+            if self._progress_signature() != before:
                 last_progress = time.monotonic()
-            if marker_now:
-                reason = "stop marker"
-                break
             if self.complete():
                 reason = "complete"
                 break
-            if time.monotonic() - last_progress > opts.timeout_s:
-                reason = "timeout"
-                # one last look that skips files still unreadable
-                for batch in self.poll(final=True):
-                    if bundle is None:
-                        bundle = self._compose_start()
-                        yield "start", bundle.start_doc
-                        descriptor = self._compose_descriptor(bundle, batch)
-                        yield "descriptor", descriptor.descriptor_doc
-                    yield "event_page", self._compose_page(descriptor, batch)
+            ended = marker_now or time.monotonic() - last_progress > opts.timeout_s
+            if ended:
+                # the writer is done (or gone): read what exists, skip what cannot be read
+                reason = "stop marker" if marker_now else "timeout"
+                yield from send(self.poll(final=True))
                 break
             time.sleep(opts.poll_s)
+        bundle = run.get("bundle")
         self._finish_accounting(reason)
         if bundle is not None:
             self._flush_problems(on_problem)
