@@ -66,6 +66,8 @@ import h5py
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from bluesky_ptycho.io.hdf5 import check_filters, get_dataset, open_hdf5, read_frame
+
 __all__ = [
     "CXI_VERSION",
     "ELEMENTARY_CHARGE_C",
@@ -127,8 +129,9 @@ class H5Frames:
         return int(self.shape[0])
 
     def __getitem__(self, index: Any) -> NDArray[Any]:
-        with h5py.File(self.path, "r") as f:
-            return np.asarray(f[self.dataset][index])
+        f = open_hdf5(self.path, swmr_first=False)
+        with f:
+            return read_frame(get_dataset(f, self.dataset), index, retries=0)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> NDArray[Any]:
         out = self[()]
@@ -148,10 +151,11 @@ class H5Frames:
             Index of the first frame of the chunk, and the chunk ``(k, H, W)``.
         """
         size = _positive_int("chunk size", size)
-        with h5py.File(self.path, "r") as f:
-            ds = f[self.dataset]
+        f = open_hdf5(self.path, swmr_first=False)
+        with f:
+            ds = get_dataset(f, self.dataset)
             for start in range(0, len(self), size):
-                yield start, np.asarray(ds[start : start + size])
+                yield start, read_frame(ds, slice(start, start + size), retries=0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -302,15 +306,16 @@ def read_cxi(
         If there is no file at ``path``.
     ValueError
         If the file is not HDF5, or lacks a dataset the scan needs (the message names it), or
-        the datasets disagree (frame count, pixel sizes).
+        the datasets disagree (frame count, pixel sizes). A file that cannot be opened or
+        whose frames are compressed with a filter no installed plugin provides raises
+        :class:`~bluesky_ptycho.io.hdf5.FrameReadError` (a ``ValueError``) naming the cause
+        and the fix. Compressed frames (bitshuffle/LZ4, LZ4, Blosc, Blosc2, Zstd) are read
+        with the filter plugins of ``hdf5plugin``, registered here.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no CXI file at {str(path)!r}")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise ValueError(f"{str(path)!r} is not an HDF5 file: {exc}") from exc
+    f = open_hdf5(path, swmr_first=False)  # FrameReadError (a ValueError) names the cause
     with f:
         return _read(f, path, entry, load=load, negate=negate_translation)
 
@@ -340,6 +345,7 @@ def _read(f: h5py.File, path: Path, entry: str, *, load: bool, negate: bool) -> 
         raise ValueError(f"{where!r} is not a CXI file: missing group {root}")
 
     data = find("data_1/data", f"{_DET}/data", what="the diffraction frames")
+    check_filters(data)  # a missing filter plugin is said now, not at the first frame
     if data.ndim != 3:
         raise ValueError(f"{where!r}: {data.name} has shape {data.shape}, expected (n, H, W)")
     n = int(data.shape[0])

@@ -310,15 +310,15 @@ def open_hdf5(path: str | os.PathLike[str], *, swmr_first: bool = True) -> h5py.
 def _classify_open(path: str, errors: list[str]) -> FrameReadError:
     text = " | ".join(dict.fromkeys(errors))
     low = text.lower()
-    if "truncated file" in low:
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        cause = ReadCause.BEING_WRITTEN  # created, header not written yet
+        text = "the file is empty"
+    elif "truncated file" in low:
         cause = ReadCause.TRUNCATED
     elif "file signature not found" in low or "not an hdf5 file" in low:
         cause = ReadCause.NOT_HDF5
     elif "lock" in low or "already open" in low:
         cause = ReadCause.BEING_WRITTEN
-    elif os.path.isfile(path) and os.path.getsize(path) == 0:
-        cause = ReadCause.BEING_WRITTEN
-        text = "the file is empty"
     else:
         cause = ReadCause.UNREADABLE
     return FrameReadError(cause, path, f"cannot open {path!r}: {text}")
@@ -384,7 +384,7 @@ def read_frame(
         ``BEING_WRITTEN`` if the frame never appears, ``TRUNCATED`` if stored chunks cannot be
         read, ``FILTER_MISSING`` if a filter fails, ``UNREADABLE`` otherwise.
     """
-    first = index[0] if isinstance(index, tuple) else index
+    first = index[0] if isinstance(index, tuple) and index else index
     path = dataset.file.filename
     if isinstance(first, (int, np.integer)):
         for _ in range(max(0, int(retries))):

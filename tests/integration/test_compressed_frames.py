@@ -269,3 +269,62 @@ def test_missing_filter_plugin_is_one_error_with_a_count_and_plain_frames_are_ke
         assert 1 <= len(info["log_lines"]) <= 4, info["log_lines"]
         assert "41 items" in info["log_lines"][-1]
         assert "HDF5 compression filter not available" in info["message"]
+
+
+_CXI_COMPRESSOR = """
+    import sys
+    import h5py
+    import hdf5plugin
+
+    src, dst = sys.argv[1], sys.argv[2]
+    with h5py.File(src, "r") as f, h5py.File(dst, "w") as g:
+        for name in f:
+            f.copy(name, g)
+        det = "/entry_1/instrument_1/detector_1/data"
+        frames = f[det][()]
+        del g[det]
+        g.create_dataset(
+            det, data=frames, chunks=(1, *frames.shape[1:]), **hdf5plugin.Bitshuffle(cname="lz4")
+        )
+"""
+
+_CXI_READER = """
+    import json, sys
+    import numpy as np
+    from bluesky_ptycho.io.cxi import read_cxi
+
+    plain, packed = (read_cxi(p) for p in sys.argv[1:3])
+    a = np.asarray(plain.intensities)
+    b = np.asarray(packed.intensities)
+    chunks = np.concatenate([c for _, c in packed.iter_frames(7)])
+    print(json.dumps({
+        "equal": bool(np.array_equal(a, b) and np.array_equal(a, chunks)),
+        "positions": bool(np.array_equal(plain.positions_m, packed.positions_m)),
+        "n": int(a.shape[0]),
+        "hdf5plugin_loaded_by_package": "hdf5plugin" in sys.modules,
+    }))
+"""
+
+
+def test_bitshuffle_cxi_file_reads_as_the_plain_one_in_a_fresh_process(small_dataset, tmp_path):
+    from bluesky_ptycho.io.cxi import write_cxi
+
+    ds = small_dataset
+    plain = tmp_path / "plain.cxi"
+    write_cxi(
+        plain,
+        ds.intensities,
+        ds.positions_m,
+        energy_eV=ds.geometry.energy_eV,
+        detector_distance_m=ds.geometry.detector_distance_m,
+        detector_pixel_m=ds.geometry.detector_pixel_m,
+    )
+    packed = tmp_path / "packed.cxi"
+    _run(_CXI_COMPRESSOR, str(plain), str(packed))
+    out = json.loads(_run(_CXI_READER, str(plain), str(packed)).strip().splitlines()[-1])
+    assert out == {
+        "equal": True,
+        "positions": True,
+        "n": len(ds.intensities),
+        "hdf5plugin_loaded_by_package": True,
+    }
