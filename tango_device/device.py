@@ -920,6 +920,61 @@ class PtychoReconstruction(Device):
             logger.exception("replay of %s failed", source)
             self._fail(f"Replay({source!r}) failed: {type(exc).__name__}: {exc}")
 
+    @command(
+        dtype_in=str,
+        doc_in="A scan directory a detector is writing (Eiger master + data files, or chunk "
+        "files, plus a positions file and setup.json/yaml)",
+        doc_out="",
+    )
+    def Follow(self, directory: str) -> None:
+        """Reconstruct a scan from its directory while it is written, in a background thread.
+
+        Ends at the scan's last frame, its stop marker (``scan.done``) or after 60 s without
+        new data; problems (bad or missing files) are counted as rejections and shown in
+        Status. Stop and Reset end it, like a replay.
+        """
+        origin = "PtychoReconstruction.Follow"
+        text = directory.strip()
+        if not text:
+            _refuse("PTYCHO_BadSource", "Follow refused: give a scan directory", origin)
+        if Path(text).exists() and not Path(text).is_dir():
+            _refuse("PTYCHO_BadSource", f"Follow refused: {text!r} is not a directory", origin)
+        self._replay_cancel = cancel = threading.Event()
+        thread = threading.Thread(
+            target=self._follow_main, args=(text, cancel), name="ptycho-follow", daemon=True
+        )
+        self._replay_thread = thread
+        thread.start()
+
+    def is_Follow_allowed(self) -> bool:
+        return self._require("Follow", (DevState.ON,), "Stop first (or Reset after a FAULT)")
+
+    def _follow_main(self, directory: str, cancel: threading.Event) -> None:
+        from bluesky_ptycho.io.follow import Follower
+
+        def forward(name: str, doc: dict) -> None:
+            if cancel.is_set():
+                raise _Cancelled
+            self._on_document(name, doc)
+
+        def problem(text: str) -> None:
+            live = self._callback.live
+            if live is not None:
+                live.record_rejection(f"Follow: {text}")
+
+        try:
+            report = Follower(directory).run(forward, cancel=cancel, on_problem=problem)
+            logger.info("followed %s: %s", directory, report.message)
+            if report.uid is None:
+                self._fail(f"Follow({directory!r}): no frame could be read ({report.message})")
+            elif report.problems:
+                self._note(f"Follow({directory!r}): {report.message}")
+        except _Cancelled:
+            self._note(f"Follow({directory!r}) cancelled")
+        except Exception as exc:
+            logger.exception("follow of %s failed", directory)
+            self._fail(f"Follow({directory!r}) failed: {type(exc).__name__}: {exc}")
+
     def _cancel_replay(self) -> None:
         self._replay_cancel.set()
         thread = self._replay_thread
