@@ -51,23 +51,11 @@ import numpy as np
 
 from bluesky_ptycho.callback import PtychoCallback
 from bluesky_ptycho.engine.state import ReconstructionState
+from bluesky_ptycho.io.hdf5 import register_filters  # Eiger files: bitshuffle/LZ4
 from bluesky_ptycho.io.replay import DocumentCallback
 from bluesky_ptycho.io.result import write_result
 from bluesky_ptycho.live import LiveOptions, Snapshot
 from bluesky_ptycho.setup import START_KEY, ScanSetup
-
-try:  # compression filters (bitshuffle/LZ4 of Eiger files) are registered by the io layer
-    from bluesky_ptycho.io.hdf5 import register_filters
-except ImportError:  # pragma: no cover - a checkout without io.hdf5
-
-    def register_filters() -> tuple[str, ...]:
-        """Register ``hdf5plugin``'s compression filters, when it is installed."""
-        try:
-            import hdf5plugin  # noqa: F401
-        except ImportError:
-            return ()
-        return ("hdf5plugin",)
-
 
 __all__ = [
     "SETUP_FILE_NAMES",
