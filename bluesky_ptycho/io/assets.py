@@ -22,9 +22,9 @@ from bluesky_ptycho.io.hdf5 import (
     FrameReadError,
     ReadCause,
     get_dataset,
+    load_filter_plugins,
     opened,
     read_frame,
-    register_filters,
 )
 
 __all__ = [
@@ -264,7 +264,7 @@ class AssetRegistry:
 
     def _read_with_handler(self, locator: DatumLocator) -> np.ndarray:
         handler_cls = self.handlers[locator.spec]
-        register_filters()  # handlers open HDF5 files themselves
+        load_filter_plugins()  # handlers open HDF5 files themselves
         if not os.path.exists(locator.path):
             raise FrameReadError(
                 ReadCause.FILE_MISSING,

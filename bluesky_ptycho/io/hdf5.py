@@ -36,6 +36,7 @@ __all__ = [
     "diagnose",
     "filter_name",
     "get_dataset",
+    "load_filter_plugins",
     "open_hdf5",
     "opened",
     "read_frame",
@@ -164,19 +165,29 @@ def register_filters() -> tuple[str, ...]:
     """Register the compression filter plugins of ``hdf5plugin`` in this process.
 
     Importing ``hdf5plugin`` registers its filters with the HDF5 library h5py uses; Python
-    imports a module once, so calling this again costs a dictionary look-up.
+    imports a module once, so calling this again costs little; readers that only need the
+    registration call :func:`load_filter_plugins`, which skips the availability report.
 
     Returns
     -------
     tuple of str
         Names of the :data:`COMPRESSION_FILTERS` now available (registered here, built in, or
-        found on ``HDF5_PLUGIN_PATH``); empty names are never returned.
+        found on ``HDF5_PLUGIN_PATH``).
+    """
+    load_filter_plugins()
+    return tuple(name for name, fid in COMPRESSION_FILTERS.items() if h5py.h5z.filter_avail(fid))
+
+
+def load_filter_plugins() -> None:
+    """Import ``hdf5plugin``, which registers its filters; about a microsecond once imported.
+
+    A missing ``hdf5plugin`` is not an error here: :func:`check_filters` reports it, with the
+    fix, for the datasets that need a filter.
     """
     try:
         import hdf5plugin  # noqa: F401  (the import registers the filters)
-    except ImportError:  # reported per dataset by check_filters, with the fix
+    except ImportError:
         pass
-    return tuple(name for name, fid in COMPRESSION_FILTERS.items() if h5py.h5z.filter_avail(fid))
 
 
 def filter_name(filter_id: int) -> str:
@@ -293,7 +304,7 @@ def open_hdf5(path: str | os.PathLike[str], *, swmr_first: bool = True) -> h5py.
         With cause ``FILE_MISSING``, ``NOT_HDF5``, ``TRUNCATED``, ``BEING_WRITTEN`` or
         ``UNREADABLE``.
     """
-    register_filters()
+    load_filter_plugins()
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FrameReadError(ReadCause.FILE_MISSING, path, f"{path!r} does not exist")
