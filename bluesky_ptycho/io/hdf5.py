@@ -33,7 +33,6 @@ __all__ = [
     "ReadCause",
     "check_filters",
     "compression_options",
-    "diagnose",
     "filter_name",
     "get_dataset",
     "load_filter_plugins",
@@ -435,46 +434,3 @@ def _shorter_than_header(path: str) -> bool:
         return Path(path).stat().st_size < stored
     except (OSError, ValueError):
         return True
-
-
-def diagnose(
-    path: str | os.PathLike[str], dataset: str, exc: BaseException | None = None
-) -> FrameReadError:
-    """Classify why frames of ``path:dataset`` could not be read (e.g. by a handler).
-
-    Opens the file itself and checks the dataset and its filters.
-
-    Parameters
-    ----------
-    path : str or path-like
-        The file.
-    dataset : str
-        The frames' dataset.
-    exc : exception, optional
-        The original error, quoted when no more specific cause is found.
-
-    Returns
-    -------
-    FrameReadError
-        The error to raise.
-    """
-    path = os.fspath(path)
-    detail = f": {exc}" if exc is not None else ""
-    try:
-        with opened(path) as f:
-            ds = get_dataset(f, dataset)
-            try:
-                ds[(0,) * ds.ndim] if ds.size else None
-            except (OSError, ValueError, RuntimeError) as inner:
-                low = str(inner).lower()
-                cause = (
-                    ReadCause.TRUNCATED
-                    if "addr overflow" in low or _shorter_than_header(path)
-                    else ReadCause.UNREADABLE
-                )
-                return FrameReadError(cause, path, f"reading {path}:{dataset} failed{detail}")
-    except FrameReadError as err:
-        return err
-    if isinstance(exc, FrameReadError):
-        return exc
-    return FrameReadError(ReadCause.UNREADABLE, path, f"reading {path}:{dataset} failed{detail}")
