@@ -3,9 +3,9 @@
 Detector file writers (Eiger, the areaDetector HDF5 plugin, ophyd-async) often compress frames
 with the bitshuffle/LZ4 filter, or LZ4, Blosc, Blosc2 or Zstd. HDF5 itself ships none of
 these: h5py reads such a dataset only after the filter plugins are registered in the reading
-process. Every frame reader of this package opens files through :func:`open_hdf5`, which
-registers the plugins of the ``hdf5plugin`` package first, so no user has to remember
-``import hdf5plugin``.
+process. Every frame reader of this package registers the plugins of the ``hdf5plugin``
+package through this module before it reads (:func:`open_hdf5` does it for the asset and CXI
+readers), so no user has to remember ``import hdf5plugin``.
 
 A read that fails raises :class:`FrameReadError`, whose :attr:`~FrameReadError.cause` (a
 :class:`ReadCause`) names the problem and its fix. Callers count failures per cause instead of
