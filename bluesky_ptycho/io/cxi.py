@@ -67,6 +67,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from bluesky_ptycho.io.hdf5 import check_filters, get_dataset, open_hdf5, read_frame
+from bluesky_ptycho.io.units import ELEMENTARY_CHARGE_C
 
 __all__ = [
     "CXI_VERSION",
@@ -81,7 +82,6 @@ __all__ = [
 CXI_VERSION = 160
 
 #: Elementary charge in coulombs (exact, SI 2019): joules per electronvolt.
-ELEMENTARY_CHARGE_C = 1.602176634e-19
 
 _DET = "instrument_1/detector_1"
 _SOURCE = "instrument_1/source_1"

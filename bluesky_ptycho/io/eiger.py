@@ -36,27 +36,16 @@ import h5py
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from bluesky_ptycho.io.cxi import ELEMENTARY_CHARGE_C, ScanFile
+from bluesky_ptycho.io.cxi import ScanFile
+from bluesky_ptycho.io.units import ENERGY_UNITS, HC_EV_M, LENGTH_UNITS
 
 __all__ = ["FramePart", "LinkedFrames", "is_master_file", "read_master", "read_positions"]
 
 _DATA = "data"
 _DET = "instrument/detector"
-_HC_EV_M = 6.62607015e-34 * 299792458.0 / ELEMENTARY_CHARGE_C  # h c / e, eV m
-_LENGTH_UNITS = {
-    "m": 1.0,
-    "metre": 1.0,
-    "meter": 1.0,
-    "mm": 1e-3,
-    "um": 1e-6,
-    "µm": 1e-6,
-    "micron": 1e-6,
-    "nm": 1e-9,
-    "angstrom": 1e-10,
-    "a": 1e-10,
-    "å": 1e-10,
-}
-_ENERGY_UNITS = {"ev": 1.0, "kev": 1e3, "j": 1.0 / ELEMENTARY_CHARGE_C}
+_HC_EV_M = HC_EV_M
+_LENGTH_UNITS = LENGTH_UNITS
+_ENERGY_UNITS = ENERGY_UNITS
 _MASTER_POSITIONS = ("sample/positions_m",)
 
 

@@ -54,6 +54,7 @@ from bluesky_ptycho.engine.state import ReconstructionState
 from bluesky_ptycho.io.hdf5 import register_filters  # Eiger files: bitshuffle/LZ4
 from bluesky_ptycho.io.replay import DocumentCallback
 from bluesky_ptycho.io.result import write_result
+from bluesky_ptycho.io.units import HC_EV_M, LENGTH_UNITS
 from bluesky_ptycho.live import LiveOptions, Snapshot
 from bluesky_ptycho.setup import START_KEY, ScanSetup
 
@@ -84,20 +85,7 @@ SETUP_FILE_NAMES = (
 _POSITION_FILE_NAMES = ("positions.h5", "positions.txt")
 _DATASETS = ("/entry/data/data", "data")
 _STREAM = "primary"
-_HC_EV_ANGSTROM = 12398.419843320026
-_LENGTH_UNITS = {
-    "m": 1.0,
-    "meter": 1.0,
-    "metre": 1.0,
-    "mm": 1e-3,
-    "um": 1e-6,
-    "µm": 1e-6,
-    "micron": 1e-6,
-    "nm": 1e-9,
-    "angstrom": 1e-10,
-    "a": 1e-10,
-    "å": 1e-10,
-}
+_LENGTH_UNITS = LENGTH_UNITS
 _TRAILING_NUMBER = re.compile(r"(\d+)$")
 
 REASONS = ("complete", "stop marker", "timeout", "cancelled")
@@ -441,7 +429,7 @@ def master_metadata(master: Path) -> dict[str, Any]:
                 units = units.decode()
             if str(units).lower() in _LENGTH_UNITS:
                 wavelength_m = _length_m(wl) if "units" in wl.attrs else float(wl[()]) * 1e-10
-                out["energy_eV"] = _HC_EV_ANGSTROM / (wavelength_m * 1e10)
+                out["energy_eV"] = HC_EV_M / wavelength_m
         for key, name in (
             ("detector_distance_m", "detector_distance"),
             ("detector_pixel_m", "x_pixel_size"),
