@@ -81,8 +81,6 @@ __all__ = [
 #: Version number written to ``/cxi_version`` (CXI 1.6).
 CXI_VERSION = 160
 
-#: Elementary charge in coulombs (exact, SI 2019): joules per electronvolt.
-
 _DET = "instrument_1/detector_1"
 _SOURCE = "instrument_1/source_1"
 _GEOM = "sample_1/geometry_1"
