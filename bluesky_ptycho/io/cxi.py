@@ -54,6 +54,7 @@ scan larger than memory can be replayed.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import secrets
@@ -77,6 +78,8 @@ __all__ = [
     "read_cxi",
     "write_cxi",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: Version number written to ``/cxi_version`` (CXI 1.6).
 CXI_VERSION = 160
@@ -356,10 +359,20 @@ def _read(f: h5py.File, path: Path, entry: str, *, load: bool, negate: bool) -> 
         raise ValueError(
             f"{where!r}: translation has shape {translation.shape}, expected (n, 3) (x, y, z)"
         )
+    problems: list[str] = []
     if translation.shape[0] != n:
-        raise ValueError(
-            f"{where!r}: {translation.shape[0]} translations for {n} frames in {data.name}"
+        # frames and positions of different lengths: the pairs that exist are kept
+        kept = min(n, int(translation.shape[0]))
+        problem = (
+            f"{where!r}: {translation.shape[0]} translations for {n} frames in {data.name}; "
+            f"the first {kept} frames are used, the rest have no position (or no frame)"
         )
+        if kept == 0:
+            raise ValueError(problem)
+        logger.warning("%s", problem)
+        problems.append(problem)
+        n = kept
+        translation = translation[:kept]
     sign = -1.0 if negate else 1.0
     positions = np.stack([sign * translation[:, 1], sign * translation[:, 0]], axis=1)
     if not np.all(np.isfinite(positions)):
@@ -422,6 +435,8 @@ def _read(f: h5py.File, path: Path, entry: str, *, load: bool, negate: bool) -> 
         "frame_shape": [int(s) for s in data.shape[1:]],
         "dtype": str(data.dtype),
     }
+    if problems:
+        metadata["problems"] = problems
     version = f.get("cxi_version")
     if isinstance(version, h5py.Dataset):
         metadata["cxi_version"] = int(np.asarray(version[()]).ravel()[0])
@@ -435,7 +450,7 @@ def _read(f: h5py.File, path: Path, entry: str, *, load: bool, negate: bool) -> 
 
     frames: NDArray[Any] | H5Frames
     if load:
-        frames = np.asarray(data[()])
+        frames = np.asarray(data[:n])
     else:
         frames = H5Frames(
             path=path.resolve(),

@@ -214,12 +214,21 @@ def test_a_non_cxi_hdf5_file_is_rejected_with_what_is_missing(tmp_path):
         read_cxi(tmp_path / "absent.cxi")
 
 
-def test_inconsistent_cxi_files_are_rejected(small_dataset, tmp_path):
+def test_inconsistent_cxi_files_are_reported_and_the_good_pairs_kept(small_dataset, tmp_path):
     path = _write(tmp_path / "scan.cxi", small_dataset)
     with h5py.File(path, "r+") as f:
         del f["entry_1/sample_1/geometry_1/translation"]
         f["entry_1/sample_1/geometry_1"].create_dataset("translation", data=np.zeros((5, 3)))
-    with pytest.raises(ValueError, match="5 translations for 81 frames"):
+    # frames and positions of different lengths: a clear message, the pairs that exist kept
+    scan = read_cxi(path, load=True)
+    assert scan.intensities.shape[0] == 5 and scan.positions_m.shape == (5, 2)
+    np.testing.assert_array_equal(scan.intensities, small_dataset.intensities[:5])
+    assert "5 translations for 81 frames" in scan.metadata["problems"][0]
+    assert read_cxi(path).intensities.shape[0] == 5  # lazily too
+    with h5py.File(path, "r+") as f:
+        del f["entry_1/sample_1/geometry_1/translation"]
+        f["entry_1/sample_1/geometry_1"].create_dataset("translation", data=np.zeros((0, 3)))
+    with pytest.raises(ValueError, match="0 translations for 81 frames"):
         read_cxi(path)
     with pytest.raises(ValueError, match=r"shape \(81, 2\)"):
         write_cxi(
