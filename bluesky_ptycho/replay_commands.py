@@ -181,16 +181,12 @@ def run_replay(args: argparse.Namespace) -> int:
 def _replay_on_device(args: argparse.Namespace) -> int:
     import tango
 
-    if args.rate:
-        print(
-            "note: the device replays as fast as it can; --rate applies to local replays",
-            file=sys.stderr,
-        )
     source = args.source
     if Path(source).exists():
         source = str(Path(source).resolve())
     try:
         device = tango.DeviceProxy(args.tango)
+        device.ReplayRate = float(args.rate)
         device.Replay(source)
     except tango.DevFailed as exc:
         reason = exc.args[0].desc if exc.args else str(exc)

@@ -190,6 +190,7 @@ class PtychoReconstruction(Device):
         except Exception as exc:  # a bad property must not keep the server from starting
             self._fail(f"bad device property: {type(exc).__name__}: {exc}")
         self._period = float(self._options.publish_period_s)
+        self._replay_rate = 0.0
         self._callback = self._new_callback()
         for name in EVENT_ATTRIBUTES:
             self.set_change_event(name, True, False)
@@ -699,6 +700,27 @@ class PtychoReconstruction(Device):
         epie = self._checked("Beta", lambda: replace(opts.epie, beta=float(value)))
         self._steer(replace(opts, epie=epie), epie=epie)
 
+    @attribute(
+        dtype=float,
+        access=AttrWriteType.READ_WRITE,
+        memorized=True,
+        hw_memorized=True,
+        min_value=0.0,
+        max_value=100_000.0,
+        unit="Hz",
+        format="%.1f",
+        label="Replay rate",
+        description="Frames per second at which Replay sends a recorded scan through the "
+        "pipeline, so that it can be watched as it happened; 0 (default): as fast as possible. "
+        "Applies to the next Replay.",
+    )
+    def ReplayRate(self) -> float:
+        return float(self._replay_rate)
+
+    @ReplayRate.write
+    def ReplayRate(self, value: float) -> None:
+        self._replay_rate = float(value)
+
     # the Python name differs from the Tango name: PublishPeriod is also a device property
     publish_period_attribute = attribute(
         name="PublishPeriod",
@@ -912,7 +934,9 @@ class PtychoReconstruction(Device):
             self._on_document(name, doc)
 
         try:
-            uid = replay(source, forward, catalog=str(self.Catalog) or None)
+            uid = replay(
+                source, forward, catalog=str(self.Catalog) or None, rate_hz=self._replay_rate
+            )
             logger.info("replayed %s (run %s)", source, uid)
         except _Cancelled:
             self._note(f"Replay({source!r}) cancelled")

@@ -587,6 +587,29 @@ def test_replay_a_file(dev: Any, small_dataset: Any, cxi_scan: Path) -> None:
     assert np.asarray(dev.ObjectPhase).shape == small_dataset.object.shape
 
 
+def test_replay_at_a_rate_shows_the_scan_as_it_happened(
+    dev: Any, small_dataset: Any, cxi_scan: Path
+) -> None:
+    bring_to(dev, DevState.ON)
+    n = small_dataset.intensities.shape[0]
+    dev.ReplayRate = 40.0  # 81 frames in about 2 s
+    try:
+        dev.Replay(str(cxi_scan))
+        seen: list[int] = []
+
+        def partly_there() -> bool:
+            seen.append(int(dev.PatternsReceived))
+            return 0 < seen[-1] < n
+
+        assert wait_for(partly_there, timeout=20, interval=0.05), seen[-5:]
+        assert wait_for(lambda: dev.RunPhase == "finished" and dev.state() == DevState.ON), (
+            dev.status()
+        )
+        assert dev.PatternsReceived == n
+    finally:
+        dev.ReplayRate = 0.0
+
+
 def test_a_failing_replay_is_a_fault_with_its_reason(dev: Any, tmp_path: Path) -> None:
     bring_to(dev, DevState.ON)
     received = dev.PatternsReceived
