@@ -26,6 +26,7 @@ import numpy as np
 from bluesky_ptycho.backend import Backend, backend_for, get_backend, to_numpy
 from bluesky_ptycho.engine import constraints
 from bluesky_ptycho.engine.forward import integer_positions
+from bluesky_ptycho.engine.kernels import Kernel, UpdateStep, select_kernel
 from bluesky_ptycho.engine.state import ReconstructionState
 from bluesky_ptycho.engine.store import PatternStore
 from bluesky_ptycho.probes import ProbeInit, make_start_probe
@@ -283,7 +284,7 @@ class EPIE:
         self._pass_next = 0
         self._pass_num = 0.0
         self._pass_den = 0.0
-        self._kernel: Any = None
+        self._kernel: Kernel | None = None
         self._support: Any = None
         self._momentum: dict[str, Any] | None = None
         self._since_momentum = 0
@@ -548,14 +549,13 @@ class EPIE:
         self._ensure_probe()
         opts = self._options
         update_probe = opts.beta > 0 and self._iteration >= opts.probe_update_start
-        kernel = self._get_kernel()
         if opts.algorithm == "mpie":
             num = den = 0.0
             interval = int(opts.mpie_interval)
             start = 0
             while start < indices.size:
                 take = min(indices.size - start, interval - self._since_momentum)
-                n_, d_ = kernel.run(indices[start : start + take], update_probe)
+                n_, d_ = self._visit(indices[start : start + take], update_probe)
                 num, den = num + n_, den + d_
                 start += take
                 self._since_momentum += take
@@ -563,7 +563,7 @@ class EPIE:
                     self._momentum_step(update_probe)
                     self._since_momentum = 0
         else:
-            num, den = kernel.run(indices, update_probe)
+            num, den = self._visit(indices, update_probe)
         self._pattern_updates += int(indices.size)
         self._store.count_updates(indices)
         self._constrain()
@@ -684,12 +684,6 @@ class EPIE:
             return np.ascontiguousarray(a, dtype=np.complex64)
         return a
 
-    def state_error(self) -> float:
-        """The most recent Fourier error of the patterns in use (a chunk or a pass); NaN."""
-        if self._trace:
-            return float(self._trace[-1][1])
-        return float(self._history[-1]) if self._history else float("nan")
-
     def release_held_out(self) -> None:
         """Put the held-out patterns back into the updates (e.g. for the final passes).
 
@@ -785,12 +779,32 @@ class EPIE:
             return float("nan"), float("nan")
         return num / den, null / den
 
-    def _get_kernel(self) -> Any:
-        from bluesky_ptycho.engine.kernels import select_kernel
-
-        if self._kernel is None or not self._kernel.matches(self):
-            self._kernel = select_kernel(self)
+    def _get_kernel(self) -> Kernel:
+        assert self._probe_shape is not None
+        subpixel = self._options.subpixel
+        if self._kernel is None or not self._kernel.matches(self._be, self._probe_shape, subpixel):
+            self._kernel = select_kernel(self._be, self._probe_shape, subpixel)
         return self._kernel
+
+    def _update_step(self, update_probe: bool) -> UpdateStep:
+        opts = self._options
+        rpie = opts.algorithm in ("rpie", "mpie")
+        return UpdateStep(
+            alpha=float(opts.alpha),
+            beta=float(opts.beta),
+            eps=float(opts.eps),
+            rpie_alpha=float(opts.rpie_alpha) if rpie else None,
+            update_probe=update_probe,
+        )
+
+    def _visit(self, indices: np.ndarray, update_probe: bool) -> tuple[float, float]:
+        """One kernel call over ``indices``; object and probe take its result."""
+        assert self._store is not None
+        out = self._get_kernel().run(
+            self._object, self._probe, self._store, indices, self._update_step(update_probe)
+        )
+        self._object, self._probe = out.object, out.probe
+        return out.error_num, out.error_den
 
     # ------------------------------------------------------------------ state
     def state(self, *, validation: bool = True) -> ReconstructionState:
@@ -993,8 +1007,3 @@ def reconstruct(
     engine.add(frames, shifted, mask=mask)
     engine.iterate(passes, callback=callback)
     return engine.state()
-
-
-def with_options(engine: EPIE, **changes: Any) -> None:
-    """Change some options of a running engine (``engine.options = replace(...)``)."""
-    engine.options = replace(engine.options, **changes)

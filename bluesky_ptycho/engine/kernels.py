@@ -1,79 +1,134 @@
-"""The ePIE update loop, as array-API code and as an in-place NumPy specialisation.
+"""The ePIE update loop behind a small protocol, as array-API code and as in-place NumPy.
 
-:class:`ArrayAPIKernel` is the reference: only array-API standard operations, so it runs on CuPy
-and on array-api-strict unchanged. :class:`NumpyKernel` performs the same arithmetic with
-preallocated buffers, ``out=`` arguments, BLAS dot products for the error and SciPy's FFT; the
-tests check that it agrees with the reference to float32 rounding.
+A kernel receives arrays (object, probe, the pattern store, the indices to visit and the step
+sizes) and returns the updated object and probe with the Fourier error of the patterns it
+visited; it knows nothing of the engine that calls it. :class:`ArrayAPIKernel` is the
+reference: only array-API standard operations, so it runs on CuPy and on array-api-strict
+unchanged. :class:`NumpyKernel` performs the same arithmetic with preallocated buffers, ``out=``
+arguments, BLAS dot products for the error and FFTW/SciPy; the tests check that it agrees with
+the reference to float32 rounding.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import scipy.fft
 
+from bluesky_ptycho.backend import Backend
 from bluesky_ptycho.engine.forward import shift_probe
-from bluesky_ptycho.engine.store import BAD_CODE
+from bluesky_ptycho.engine.store import BAD_CODE, PatternStore
 
-if TYPE_CHECKING:
-    from bluesky_ptycho.engine.epie import EPIE
-
-__all__ = ["ArrayAPIKernel", "NumpyKernel", "select_kernel"]
+__all__ = [
+    "ArrayAPIKernel",
+    "Kernel",
+    "KernelResult",
+    "NumpyKernel",
+    "UnnormalisedFFT",
+    "UpdateStep",
+    "absolute_eps",
+    "select_kernel",
+]
 
 _TINY = 1e-30
 
 
-def select_kernel(engine: EPIE) -> ArrayAPIKernel | NumpyKernel:
-    """The fastest kernel that implements the engine's options on its backend."""
-    if engine.backend.is_numpy and not engine.options.subpixel:
-        return NumpyKernel(engine)
-    return ArrayAPIKernel(engine)
+@dataclass(frozen=True)
+class UpdateStep:
+    """The step sizes of one chunk of updates.
+
+    Attributes
+    ----------
+    alpha, beta : float
+        Object and probe update strengths.
+    eps : float
+        Regulariser of the modulus constraint, relative to each pattern's mean amplitude.
+    rpie_alpha : float or None
+        The rPIE regulariser of the object step; None for ePIE's ``1 / max|P|**2``.
+    update_probe : bool
+        Whether the probe is updated.
+    """
+
+    alpha: float = 1.0
+    beta: float = 1.0
+    eps: float = 1e-4
+    rpie_alpha: float | None = None
+    update_probe: bool = True
+
+
+class KernelResult(NamedTuple):
+    """What a kernel returns: the updated arrays and the error of the patterns visited.
+
+    ``object`` may be the array passed in, updated in place; ``error_num / error_den`` is the
+    normalised Fourier error ``sum((|F(P O)| - sqrt(I))**2) / sum(I)`` before the updates.
+    """
+
+    object: Any
+    probe: Any
+    error_num: float
+    error_den: float
+
+
+class Kernel(Protocol):
+    """The update loop the engine calls; arrays in, updates out."""
+
+    def matches(self, backend: Backend, shape: tuple[int, int], subpixel: bool) -> bool:
+        """Whether this kernel can run for ``backend``, frame ``shape`` and ``subpixel``."""
+        ...
+
+    def run(
+        self, obj: Any, probe: Any, store: PatternStore, indices: np.ndarray, step: UpdateStep
+    ) -> KernelResult:
+        """Visit ``indices`` in order, one ePIE update each."""
+        ...
+
+
+def select_kernel(backend: Backend, shape: tuple[int, int], subpixel: bool) -> Kernel:
+    """The fastest kernel that implements these settings on ``backend``."""
+    if backend.is_numpy and not subpixel:
+        return NumpyKernel(backend, shape)
+    return ArrayAPIKernel(backend, shape, subpixel=subpixel)
+
+
+def absolute_eps(store: PatternStore, indices: np.ndarray, eps: float) -> np.ndarray:
+    """Absolute regularisers: ``eps`` times each pattern's mean measured amplitude."""
+    n0, n1 = store.frame_shape
+    mean_amp = np.sqrt(np.maximum(store.sums[indices], 1.0) / (n0 * n1))
+    return (eps * mean_amp + 1e-12).astype(np.float32)
 
 
 class _Kernel:
-    def __init__(self, engine: EPIE) -> None:
-        self.engine = engine
-        self.backend = engine.backend
-        self.shape = engine.probe_shape
-        self.subpixel = engine.options.subpixel
+    def __init__(self, backend: Backend, shape: tuple[int, int], subpixel: bool = False) -> None:
+        self.backend = backend
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.subpixel = bool(subpixel)
 
-    def matches(self, engine: EPIE) -> bool:
+    def matches(self, backend: Backend, shape: tuple[int, int], subpixel: bool) -> bool:
         return (
-            engine is self.engine
-            and engine.backend is self.backend
-            and engine.probe_shape == self.shape
-            and engine.options.subpixel == self.subpixel
+            backend.name == self.backend.name
+            and tuple(shape) == self.shape
+            and bool(subpixel) == self.subpixel
         )
-
-    def _eps(self, indices: np.ndarray) -> np.ndarray:
-        """Absolute regularisers: eps times each pattern's mean measured amplitude."""
-        store = self.engine._store
-        assert store is not None and self.shape is not None
-        npix = self.shape[0] * self.shape[1]
-        mean_amp = np.sqrt(np.maximum(store.sums[indices], 1.0) / npix)
-        return (self.engine.options.eps * mean_amp + 1e-12).astype(np.float32)
 
 
 class ArrayAPIKernel(_Kernel):
     """Reference ePIE loop in array-API standard operations (NumPy, CuPy, array-api-strict)."""
 
-    def run(self, indices: np.ndarray, update_probe: bool) -> tuple[float, float]:
-        eng = self.engine
-        store = eng._store
-        assert store is not None and self.shape is not None
+    def run(
+        self, obj: Any, probe: Any, store: PatternStore, indices: np.ndarray, step: UpdateStep
+    ) -> KernelResult:
         xp = self.backend.xp
         fft2, ifft2 = self.backend.fft2, self.backend.ifft2
-        opts = eng.options
         n0, n1 = self.shape
-        obj = eng._object
-        probe = eng._probe
         corners = store.corners
         frac = store.positions - corners if self.subpixel else None
         scales = store.scales
-        eps_all = self._eps(indices)
-        rpie = opts.algorithm in ("rpie", "mpie")
-        gamma = float(opts.rpie_alpha)
+        eps_all = absolute_eps(store, indices, step.eps)
+        rpie = step.rpie_alpha is not None
+        gamma = float(step.rpie_alpha) if rpie else 1.0
+        update_probe = step.update_probe
         errors = []
         for k, j in enumerate(indices.tolist()):
             codes = store.codes(j)
@@ -103,21 +158,20 @@ class ArrayAPIKernel(_Kernel):
             p_max = xp.max(p_abs2) + _TINY
             if rpie:
                 denom = (1.0 - gamma) * p_abs2 + gamma * p_max
-                d_obj = opts.alpha * p_conj * dpsi / denom
+                d_obj = step.alpha * p_conj * dpsi / denom
             else:
-                d_obj = (opts.alpha / p_max) * p_conj * dpsi
+                d_obj = (step.alpha / p_max) * p_conj * dpsi
             if update_probe:
                 o_conj = xp.conj(patch)
                 o_max = xp.max(xp.real(patch * o_conj)) + _TINY
-                d_probe = (opts.beta / o_max) * o_conj * dpsi
+                d_probe = (step.beta / o_max) * o_conj * dpsi
                 if frac is not None:
                     d_probe = shift_probe(d_probe, (-float(frac[j, 0]), -float(frac[j, 1])))
                 probe = probe + d_probe
             obj[r : r + n0, c : c + n1] = patch + d_obj
-        eng._probe = probe
         num = float(xp.sum(xp.stack(errors))) if errors else 0.0
         den = float(np.sum(store.sums[indices]))
-        return num, den
+        return KernelResult(obj, probe, num, den)
 
 
 class NumpyKernel(_Kernel):
@@ -127,9 +181,8 @@ class NumpyKernel(_Kernel):
     scaling is folded into the measured amplitudes and the modulus factor.
     """
 
-    def __init__(self, engine: EPIE) -> None:
-        super().__init__(engine)
-        assert self.shape is not None
+    def __init__(self, backend: Backend, shape: tuple[int, int]) -> None:
+        super().__init__(backend, shape, subpixel=False)
         shape = self.shape
         self._fft = UnnormalisedFFT(shape)
         self._a = np.empty(shape, np.float32)
@@ -139,17 +192,14 @@ class NumpyKernel(_Kernel):
         self._p_conj = np.empty(shape, np.complex64)
         self._r = np.empty(shape, np.float32)
 
-    def run(self, indices: np.ndarray, update_probe: bool) -> tuple[float, float]:
-        eng = self.engine
-        store = eng._store
-        assert store is not None and self.shape is not None
-        opts = eng.options
-        alpha, beta = float(opts.alpha), float(opts.beta)
-        rpie = opts.algorithm in ("rpie", "mpie")
-        gamma = np.float32(opts.rpie_alpha)
+    def run(
+        self, obj: Any, probe: Any, store: PatternStore, indices: np.ndarray, step: UpdateStep
+    ) -> KernelResult:
+        alpha, beta = float(step.alpha), float(step.beta)
+        rpie = step.rpie_alpha is not None
+        gamma = np.float32(step.rpie_alpha if rpie else 1.0)
+        update_probe = step.update_probe
         n0, n1 = self.shape
-        obj = eng._object
-        probe = eng._probe
         corners = store.corners
         masked = store.masked
         scales = store.scales
@@ -157,7 +207,7 @@ class NumpyKernel(_Kernel):
         npix = float(n0 * n1)
         root = np.sqrt(npix)
         # unnormalised transforms: amplitudes and eps scale by sqrt(npix), dpsi by 1/npix
-        eps_all = self._eps(indices) * np.float32(root)
+        eps_all = absolute_eps(store, indices, step.eps) * np.float32(root)
         code_step = (scales * np.float32(root)).astype(np.float32)
         a, m, r_buf = self._a, self._m, self._r
         o_conj, p_conj, valid = self._o_conj, self._p_conj, self._valid
@@ -212,7 +262,7 @@ class NumpyKernel(_Kernel):
                 o_conj *= np.float32(beta * p_max / (alpha * o_max))
                 probe += o_conj
         den = float(np.sum(sums[indices]))
-        return num, den
+        return KernelResult(obj, probe, num, den)
 
 
 class UnnormalisedFFT:

@@ -117,7 +117,7 @@ def test_numpy_kernel_agrees_with_the_array_api_kernel_on_masked_data(speckle):
     for kernel in (NumpyKernel, ArrayAPIKernel):
         engine = EPIE(ds.object.shape, probe=_start_probe(ds), options=EPIEOptions(seed=0))
         engine.add(ds.intensities, ds.positions_px, mask=mask)
-        engine._kernel = kernel(engine)
+        engine._kernel = kernel(engine.backend, engine.probe_shape)
         engine.iterate(3)
         assert isinstance(engine._kernel, kernel)
         objs.append(engine.state())
