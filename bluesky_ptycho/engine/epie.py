@@ -42,7 +42,6 @@ __all__ = [
     "EPIEOptions",
     "default_probe",
     "positive_pair",
-    "reconstruct",
     "scale_probe",
 ]
 
@@ -535,6 +534,16 @@ class EPIE:
         num, den = self._run(idx)
         return num / den if den > 0 else float("nan")
 
+    def prepare(self) -> None:
+        """Make the starting probe from the patterns held now, if none was given.
+
+        The first update does this anyway; call it to start several engines (the subsets of
+        the averaging scheme) from the same probe. No effect when a probe exists or no
+        pattern is held.
+        """
+        if self._probe is None and self._store is not None and len(self._store):
+            self._ensure_probe()
+
     def reserve(self, n_patterns: int) -> None:
         """Preallocate storage for ``n_patterns`` more patterns (e.g. the nominal scan's).
 
@@ -941,69 +950,3 @@ def positive_pair(value: Any, name: str) -> tuple[int, int]:
     if a <= 0 or b <= 0:
         raise ValueError(f"{name} must be positive, got {(a, b)}")
     return a, b
-
-
-def reconstruct(
-    intensities: Any,
-    positions_px: Any,
-    *,
-    probe: Any = None,
-    passes: int = 50,
-    options: EPIEOptions | None = None,
-    mask: Any = None,
-    margin_px: int = 0,
-    backend: str | None = None,
-    callback: Callable[[int, float], None] | None = None,
-) -> ReconstructionState:
-    """Reconstruct in one call, sizing the object from the positions.
-
-    The positions are shifted by a whole number of pixels so that the smallest lands at
-    ``margin_px``; the returned state's ``positions_px`` are the shifted ones.
-
-    Parameters
-    ----------
-    intensities : array (n, N, N)
-        Counts, zero frequency at ``(N//2, N//2)``.
-    positions_px : array (n, 2)
-        ``(row, col)`` top-left patch corners in pixels (any origin).
-    probe : array (N, N), optional
-        Initial probe; default a Gaussian scaled to the mean counts.
-    passes : int
-    options : EPIEOptions, optional
-    mask : bool array, optional
-        True where a pixel is bad.
-    margin_px : int
-        Empty object border around the scanned area.
-    backend : str, optional
-    callback : callable(iteration, error), optional
-
-    Returns
-    -------
-    ReconstructionState
-    """
-    frames = np.asarray(
-        to_numpy(intensities) if not isinstance(intensities, np.ndarray) else intensities
-    )
-    pos = np.asarray(positions_px, dtype=np.float64)
-    if frames.ndim != 3 or pos.shape != (frames.shape[0], 2) or frames.shape[0] == 0:
-        raise ValueError(
-            f"need intensities (n, N, N) and positions (n, 2), got {frames.shape} and {pos.shape}"
-        )
-    if not np.all(np.isfinite(pos)):
-        raise ValueError("positions_px contains NaN or infinite values")
-    shifted = pos - np.floor(pos.min(axis=0)) + margin_px
-    extent = np.ceil(shifted.max(axis=0)).astype(int)
-    shape = (
-        int(extent[0]) + frames.shape[1] + margin_px + 1,
-        int(extent[1]) + frames.shape[2] + margin_px + 1,
-    )
-    engine = EPIE(
-        shape,
-        probe=probe,
-        options=options or EPIEOptions(),
-        backend=backend,
-        probe_shape=frames.shape[1:],
-    )
-    engine.add(frames, shifted, mask=mask)
-    engine.iterate(passes, callback=callback)
-    return engine.state()
