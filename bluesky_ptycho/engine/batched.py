@@ -161,7 +161,7 @@ def apply_batch(
     p2 = xp.real(probe * xp.conj(probe))
     for k, (r, c) in enumerate(corners.tolist()):
         rr, cc = r - r0, c - c0
-        num[rr : rr + n0, cc : cc + n1] = num[rr : rr + n0, cc : cc + n1] + parts.object_num[k]
+        num[rr : rr + n0, cc : cc + n1] = num[rr : rr + n0, cc : cc + n1] + parts.object_num[k, ...]
         den[rr : rr + n0, cc : cc + n1] = den[rr : rr + n0, cc : cc + n1] + p2
     scale = (1.0 - g) * den + (g * float(xp.max(den)) + _TINY)
     new_obj = xp.asarray(obj, copy=True)
@@ -179,7 +179,7 @@ def apply_batch(
 
 def _ordered_sum(xp: Any, a: Any) -> Any:
     """``a[0] + a[1] + ...`` in index order (the same association whatever produced ``a``)."""
-    out = a[0]
+    out = a[0, ...]
     for k in range(1, int(a.shape[0])):
-        out = out + a[k]
+        out = out + a[k, ...]
     return out
