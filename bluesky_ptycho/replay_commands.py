@@ -10,7 +10,9 @@ sends the frames at that rate (0: as fast as possible), ``--plot`` shows the liv
 
 ``bluesky-ptycho reconstruct SCAN --passes N [--resume RESULT] --output RESULT.h5`` runs whole
 ePIE passes over a recorded scan in this process, continuing from an earlier result when
-``--resume`` is given.
+``--resume`` is given. ``--parallel synchronous|averaging --workers K`` runs a parallel scheme
+on K threads (``--processes``: processes); ``mpirun -n K bluesky-ptycho reconstruct SCAN --mpi``
+runs it on K MPI ranks, of which only rank 0 prints and writes.
 """
 
 from __future__ import annotations
@@ -71,6 +73,31 @@ def add_parsers(sub: Any) -> None:
     rec.add_argument("--crop", type=int, help="frame size N used (power of two)")
     rec.add_argument("--seed", type=int, default=0)
     rec.add_argument("--quiet", action="store_true")
+    rec.add_argument(
+        "--parallel",
+        choices=("sequential", "synchronous", "averaging"),
+        default="sequential",
+        help="sequential ePIE (default); synchronous mini-batches (the same result for any "
+        "number of workers); averaging (the study's: disjoint subsets averaged every few passes)",
+    )
+    rec.add_argument("--workers", type=int, default=1, help="threads or processes (default 1)")
+    rec.add_argument(
+        "--processes",
+        action="store_true",
+        help="run the synchronous workers as processes on this machine instead of threads",
+    )
+    rec.add_argument(
+        "--batch-size", type=int, default=32, help="patterns per synchronous update (default 32)"
+    )
+    rec.add_argument(
+        "--average-every", type=int, default=5, help="passes between averagings (default 5)"
+    )
+    rec.add_argument(
+        "--mpi",
+        action="store_true",
+        help="run as MPI ranks (mpirun -n K bluesky-ptycho reconstruct SCAN --mpi): K workers; "
+        "only rank 0 prints and writes",
+    )
     rec.set_defaults(func=run_reconstruct)
 
 
@@ -246,19 +273,35 @@ class _LiveFigure:
 
 def run_reconstruct(args: argparse.Namespace) -> int:
     """``bluesky-ptycho reconstruct``; returns the exit status."""
-    from bluesky_ptycho.engine import EPIEOptions
+    from bluesky_ptycho.engine import EPIEOptions, ParallelOptions
     from bluesky_ptycho.io.offline import reconstruct_scan
     from bluesky_ptycho.io.result import read_result
     from bluesky_ptycho.io.scan import read_scan
 
+    rank = 0
+    if args.mpi:
+        try:
+            from mpi4py import MPI
+        except ImportError:
+            print(
+                "reconstruct: --mpi needs mpi4py (pip install 'bluesky-ptycho[mpi]')",
+                file=sys.stderr,
+            )
+            return 2
+        rank = MPI.COMM_WORLD.Get_rank()
+    quiet = args.quiet or rank != 0
     try:
         scan = read_scan(args.scan, positions=args.positions)
         resume = read_result(args.resume) if args.resume else None
         options = EPIEOptions(seed=args.seed)
+        executor = "mpi" if args.mpi else ("processes" if args.processes else "threads")
+        popts = ParallelOptions(
+            batch_size=args.batch_size, average_every=args.average_every, executor=executor
+        )
         kwargs = {"crop": args.crop} if args.crop else {}
 
         def progress(iteration: int, error: float) -> None:
-            if not args.quiet:
+            if not quiet:
                 print(f"\rpass {iteration:4d}: Fourier error {error:.4f}", end="", flush=True)
 
         t0 = time.perf_counter()
@@ -268,11 +311,16 @@ def run_reconstruct(args: argparse.Namespace) -> int:
             options=options,
             resume=resume,
             callback=progress,
+            parallel=args.parallel,
+            workers=args.workers,
+            parallel_options=popts,
             **kwargs,
         )
     except (FileNotFoundError, ValueError) as exc:
         print(f"reconstruct: {exc}", file=sys.stderr)
         return 2
+    if rank != 0:
+        return 0
     state = out.state
     print(
         f"\n{state.n_patterns} patterns, passes {out.resumed_from} -> {state.iteration} in "

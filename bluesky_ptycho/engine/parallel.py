@@ -384,9 +384,9 @@ def run_averaging(
     template.set_object(final.object)
     template.set_probe(final.probe)
     state = template.state()
-    state.iteration = int(passes)
-    state.fourier_error = np.asarray(history, dtype=np.float64)
-    state.pattern_updates = int(passes) * frames.shape[0]
+    state.iteration = start.iteration + int(passes)
+    state.fourier_error = np.concatenate([start.fourier_error, np.asarray(history, np.float64)])
+    state.pattern_updates = start.pattern_updates + int(passes) * int(in_use.size)
     return state
 
 

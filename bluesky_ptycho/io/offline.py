@@ -15,7 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from bluesky_ptycho.engine import EPIE, EPIEOptions, ReconstructionState
+from bluesky_ptycho.engine import EPIE, EPIEOptions, ParallelOptions, ReconstructionState
+from bluesky_ptycho.engine.parallel import SCHEMES, SynchronousEPIE, run_averaging
+from bluesky_ptycho.engine.workers import Workers, make_workers
 from bluesky_ptycho.io.cxi import ScanFile
 from bluesky_ptycho.io.replay import scan_setup
 from bluesky_ptycho.io.result import ResultFile, read_result
@@ -52,6 +54,9 @@ def reconstruct_scan(
     resume: ResultFile | ReconstructionState | None = None,
     chunk: int = 64,
     callback: Callable[[int, float], None] | None = None,
+    parallel: str = "sequential",
+    workers: int = 1,
+    parallel_options: ParallelOptions | None = None,
     **setup_kwargs: Any,
 ) -> OfflineResult:
     """Reconstruct ``scan`` with ``passes`` ePIE passes, from scratch or from ``resume``.
@@ -70,7 +75,11 @@ def reconstruct_scan(
     chunk : int, optional
         Frames read and preprocessed at a time.
     callback : callable(iteration, error), optional
-        Called after every pass.
+        Called after every pass (``"averaging"``: after every averaging).
+    parallel, workers, parallel_options
+        The scheme and its workers, as for :func:`bluesky_ptycho.engine.reconstruct`. With
+        ``parallel_options.executor == "mpi"`` every rank runs this call on the whole scan and
+        returns the same result.
     **setup_kwargs
         Passed to :func:`~bluesky_ptycho.io.replay.scan_setup` (``crop``, ``setup_options``).
 
@@ -102,21 +111,67 @@ def reconstruct_scan(
     probe = setup.start_probe() if state is None else state.probe
     if isinstance(probe, str) and probe:  # the path of an earlier result, as the callback reads
         probe = read_result(probe).state.probe
-    engine = EPIE(
-        frame.object_shape,
-        probe=probe,
-        options=options or EPIEOptions(),
-        probe_shape=(size, size),
+    if parallel not in SCHEMES:
+        raise ValueError(f"parallel must be one of {SCHEMES}, got {parallel!r}")
+    popts = parallel_options if parallel_options is not None else ParallelOptions()
+    pool: Workers | None = None
+    common: dict[str, Any] = {
+        "probe": probe,
+        "options": options or EPIEOptions(),
+        "probe_shape": (size, size),
+    }
+    if parallel == "synchronous":
+        pool = make_workers(popts.executor, int(workers))
+        engine: EPIE = SynchronousEPIE(
+            frame.object_shape,
+            batch_size=popts.batch_size,
+            regulariser=popts.regulariser,
+            workers=pool,
+            **common,
+        )
+    else:
+        engine = EPIE(frame.object_shape, **common)
+    kept: list[tuple[np.ndarray, np.ndarray, Any]] = []
+    try:
+        engine.reserve(scan.n_frames)
+        for start, raw in scan.iter_frames(chunk):
+            out = preprocess(np.asarray(raw), config)
+            positions_px = frame.to_pixels(scan.positions_m[start : start + len(raw)])
+            engine.add(out.intensities, positions_px, out.mask)
+            if parallel == "averaging":  # the subsets are made from these
+                kept.append((out.intensities, positions_px, out.mask))
+        done = 0
+        if state is not None:
+            engine.load_state(state)
+            done = int(state.iteration)
+        if parallel == "averaging" and passes:
+            result = run_averaging(
+                engine,
+                np.concatenate([k[0] for k in kept]),
+                np.concatenate([k[1] for k in kept]),
+                _masks(kept),
+                passes=int(passes),
+                workers=int(workers),
+                average_every=popts.average_every,
+                executor=popts.executor,
+                callback=callback,
+            )
+            return OfflineResult(state=result, setup=setup, resumed_from=done)
+        if passes:
+            engine.iterate(int(passes), callback=callback)
+        return OfflineResult(state=engine.state(), setup=setup, resumed_from=done)
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+def _masks(kept: list[tuple[np.ndarray, np.ndarray, Any]]) -> np.ndarray | None:
+    """One ``(n, N, N)`` mask for the chunks kept, or None when no chunk had one."""
+    if all(k[2] is None for k in kept):
+        return None
+    return np.concatenate(
+        [
+            np.zeros(k[0].shape, bool) if k[2] is None else np.broadcast_to(k[2], k[0].shape)
+            for k in kept
+        ]
     )
-    engine.reserve(scan.n_frames)
-    for start, raw in scan.iter_frames(chunk):
-        out = preprocess(np.asarray(raw), config)
-        positions_px = frame.to_pixels(scan.positions_m[start : start + len(raw)])
-        engine.add(out.intensities, positions_px, out.mask)
-    done = 0
-    if state is not None:
-        engine.load_state(state)
-        done = int(state.iteration)
-    if passes:
-        engine.iterate(int(passes), callback=callback)
-    return OfflineResult(state=engine.state(), setup=setup, resumed_from=done)
