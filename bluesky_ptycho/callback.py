@@ -155,6 +155,12 @@ class CallbackStatus:
         Frame-bearing events of the current run.
     frames_used : int
         Frames handed to the reconstruction in the current run.
+    frames_pending : int
+        Frames of the current run received but not yet read, checked and handed on (the
+        background thread is still working on them); ``frames_used`` grows as they go.
+    finished : bool
+        Whether the current (or last) run has stopped and its final passes are done, so that
+        :meth:`PtychoCallback.result` returns at once.
     rejected : int
         Items (documents, frames) rejected, over all runs.
     reasons : tuple of str
@@ -162,7 +168,8 @@ class CallbackStatus:
         reason, with the count and seq_num range when the cause hit more items
         (:meth:`Rejection.text`).
     message : str
-        A one-line summary for operators.
+        A one-line summary for operators; says when frames are still being processed or the
+        final passes are running.
     live : LiveStatus or None
         The reconstruction's own status.
     """
@@ -177,6 +184,8 @@ class CallbackStatus:
     message: str
     live: LiveStatus | None
     rejections: tuple[Rejection, ...] = ()
+    frames_pending: int = 0
+    finished: bool = False
 
 
 @dataclass
@@ -193,8 +202,11 @@ class _Run:
     preprocess: PreprocessConfig | None = None
     frames_received: int = 0
     frames_used: int = 0
+    frames_queued: int = 0
+    frames_processed: int = 0
     rejected: int = 0
     exit_status: str | None = None
+    closed: bool = False
     done: threading.Event = field(default_factory=threading.Event)
     result: ReconstructionState | None = None
     result_path: Path | None = None
@@ -310,6 +322,7 @@ class PtychoCallback(event_model.DocumentRouter):
         with self._lock:
             run = self._run or self._last
             live = run.live.status if run else None
+            pending = run.frames_queued - run.frames_processed if run else 0
             if run is None:
                 message = "waiting for a run"
             elif run.message:
@@ -323,6 +336,8 @@ class PtychoCallback(event_model.DocumentRouter):
                 )
                 if worst is not None:
                     message += f"; {run.rejected} rejected, most for: {worst.message}"
+            if run is not None:
+                message += _progress_note(run, pending)
             rejections = tuple(self._tally.entries())
             return CallbackStatus(
                 documents=dict(self._docs),
@@ -330,6 +345,8 @@ class PtychoCallback(event_model.DocumentRouter):
                 run_uid=run.uid if run else None,
                 frames_received=run.frames_received if run else 0,
                 frames_used=run.frames_used if run else 0,
+                frames_pending=pending,
+                finished=run.done.is_set() if run else False,
                 rejected=self._tally.total,
                 reasons=tuple(e.text() for e in rejections),
                 message=message,
@@ -421,9 +438,9 @@ class PtychoCallback(event_model.DocumentRouter):
             self._ignored.add(uid)
             self._reject("start", doc, f"run ignored: {exc}")
             return
-        frame = setup.object_frame()
         size = setup.frame_size
         try:
+            frame = setup.object_frame()
             probe = self._initial_probe(setup)
             live = LiveReconstruction(
                 frame.object_shape,
@@ -513,6 +530,8 @@ class PtychoCallback(event_model.DocumentRouter):
         else:
             self._reject("event", doc, f"detector key {key!r} missing from event data")
             return
+        with self._lock:
+            run.frames_queued += 1
         self._jobs.put(("frame", run, _where("event", doc), seq_num, source, readbacks))
 
     def resource(self, doc: dict) -> None:
@@ -557,6 +576,7 @@ class PtychoCallback(event_model.DocumentRouter):
 
     def _close_run(self, run: _Run, message: str) -> None:
         run.message = message
+        run.closed = True
         with self._lock:
             self._last = run
             if self._run is run:
@@ -637,6 +657,9 @@ class PtychoCallback(event_model.DocumentRouter):
         except Exception as exc:  # a handler's own error type, a bad array...: still one item
             text = f"{where}: {type(exc).__name__}: {exc}"
             self._record(run, text, _cause_key(exc) or type(exc).__name__, seq_num, exc_info=True)
+        finally:
+            with self._lock:
+                run.frames_processed += 1
 
     def _finish(self, run: _Run) -> None:
         with self._lock:
@@ -684,6 +707,17 @@ class PtychoCallback(event_model.DocumentRouter):
         return write_result(
             path, state, geometry=run.setup.geometry(), metadata=metadata, overwrite=True
         )
+
+
+def _progress_note(run: _Run, pending: int) -> str:
+    """What is still going on for a run: frames in the queue, the final passes, or done."""
+    if pending > 0:
+        return f"; {pending} frame(s) still being processed"
+    if run.done.is_set():
+        return "; finished"
+    if not run.closed:
+        return ""  # the run is open: more frames are coming
+    return "; final passes running"
 
 
 def _where(name: str, doc: Any) -> str:

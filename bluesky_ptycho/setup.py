@@ -2,7 +2,7 @@
 
 Plans write it into the start document (:meth:`ScanSetup.to_start_doc`); the callback reads it
 back (:meth:`ScanSetup.from_start_doc`) or takes a user-given :class:`ScanSetup` for plans that
-do not write one. Plain JSON, SI units; see DESIGN.md.
+do not write one. Plain JSON, SI units; see ``docs/reference/start-document.md``.
 """
 
 from __future__ import annotations
@@ -50,6 +50,8 @@ class ScanSetup:
         Scan pattern name, informational.
     nominal_positions_m : ndarray (n, 2) or None
         Nominal beam positions on the specimen, (row, col) metres; fixes the object frame.
+        May be left out when a plan of :mod:`bluesky_ptycho.plans` fills it in from the scan
+        it runs; :meth:`object_frame` needs it or ``extent_m``.
     extent_m : ((r0, r1), (c0, c1)) or None
         Alternative to nominal positions: the nominal scanned rectangle.
     num_points : int or None
@@ -135,11 +137,6 @@ class ScanSetup:
                     f"ScanSetup.extent_m must be ((r0, r1), (c0, c1)), got {self.extent_m!r}"
                 )
             object.__setattr__(self, "extent_m", ((ext[0, 0], ext[0, 1]), (ext[1, 0], ext[1, 1])))
-        if self.nominal_positions_m is None and self.extent_m is None:
-            raise ValueError(
-                "ScanSetup needs the nominal scan: nominal_positions_m or extent_m "
-                "(the object frame is fixed from it, so live data never resizes it)"
-            )
         if self.num_points is not None and int(self.num_points) <= 0:
             raise ValueError(f"ScanSetup.num_points must be positive, got {self.num_points}")
         if self.margin_px < 0:
@@ -217,11 +214,28 @@ class ScanSetup:
             shape=self.frame_size,
         )
 
+    @property
+    def has_nominal_scan(self) -> bool:
+        """Whether the nominal scan (positions or extent) is known, so the frame is fixed."""
+        return self.nominal_positions_m is not None or self.extent_m is not None
+
     def object_frame(self) -> ObjectFrame:
-        """The object frame fixed from the nominal scan."""
+        """The object frame fixed from the nominal scan.
+
+        Raises
+        ------
+        ValueError
+            If neither ``nominal_positions_m`` nor ``extent_m`` is set.
+        """
         geometry = self.geometry()
         if self.nominal_positions_m is not None:
             return geometry.object_frame(self.nominal_positions_m, margin_px=self.margin_px)
+        if self.extent_m is None:
+            raise ValueError(
+                "ScanSetup needs the nominal scan to fix the object frame: nominal_positions_m "
+                "or extent_m (the plans of bluesky_ptycho.plans fill it in; give it yourself "
+                "for other plans)"
+            )
         return geometry.object_frame_from_extent(self.extent_m, margin_px=self.margin_px)
 
     def preprocess_config(self, raw_shape: Sequence[int] | None = None) -> PreprocessConfig:
@@ -311,6 +325,22 @@ class ScanSetup:
             return cls(**kwargs)
         except TypeError as exc:  # wrong types deep inside, reported as a contract error
             raise ValueError(f'start["{START_KEY}"] is malformed: {exc}') from None
+
+    def __repr__(self) -> str:
+        """The fields, with the nominal positions and the mask summarised rather than listed."""
+        parts = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "nominal_positions_m" and value is not None:
+                text = f"<{value.shape[0]} positions>"
+            elif f.name == "mask" and value is not None:
+                text = f"<{len(value)} pixels>"
+            elif f.name == "extra" and not value:
+                continue
+            else:
+                text = repr(value)
+            parts.append(f"{f.name}={text}")
+        return f"ScanSetup({', '.join(parts)})"
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ScanSetup):

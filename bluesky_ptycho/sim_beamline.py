@@ -868,20 +868,25 @@ class SimBeamline:
         nominal_positions_m : array_like (n, 2), optional
             Nominal beam positions in metres (default the specimen's nominal scan).
         **overrides
-            Any other :class:`~bluesky_ptycho.setup.ScanSetup` field.
+            Any other :class:`~bluesky_ptycho.setup.ScanSetup` field, including
+            ``detector_key``, ``position_keys`` and ``position_scale_m`` (which default to
+            this beamline's).
 
         Returns
         -------
         ScanSetup
-            With this beamline's ``detector_key``, ``position_keys`` and ``position_scale_m``.
+            With this beamline's ``detector_key``, ``position_keys`` and ``position_scale_m``
+            unless overridden.
         """
+        own: dict[str, Any] = {
+            "detector_key": self.detector_key,
+            "position_keys": self.position_keys,
+            "position_scale_m": self.position_scale_m,
+        }
         return self.specimen.setup(
-            detector_key=self.detector_key,
-            position_keys=self.position_keys,
-            position_scale_m=self.position_scale_m,
             nominal_positions_m=nominal_positions_m,
             pattern=pattern,
-            **overrides,
+            **{**own, **overrides},
         )
 
 

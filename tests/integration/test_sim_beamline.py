@@ -424,3 +424,13 @@ def test_async_stream_documents_and_frames(RE: RunEngine, tmp_path: Path) -> Non
         assert event["data"]["sx"] == inline_event["data"]["sx"]
         frame = data[event["seq_num"] - 1]
         assert np.array_equal(frame, inline_event["data"]["eiger_image"])
+
+
+def test_beamline_setup_takes_any_scan_setup_field() -> None:
+    beamline = make_beamline(seed=0)
+    default = beamline.setup()
+    assert default.position_scale_m == beamline.position_scale_m
+    setup = beamline.setup(position_scale_m=1e-3, detector_key="other", margin_px=4)
+    assert setup.position_scale_m == 1e-3
+    assert setup.detector_key == "other" and setup.margin_px == 4
+    assert setup.position_keys == default.position_keys

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 
 import event_model
@@ -298,3 +300,23 @@ def test_new_start_before_stop_finishes_the_old_run(small_dataset, setup):
     assert cb.result(timeout=60).n_patterns == 4
     assert old_live.wait(timeout=60).n_patterns == 7
     assert cb.status.runs == 2
+
+
+def test_status_says_when_frames_are_still_being_processed(small_dataset, setup):
+    ds = small_dataset
+    release = threading.Event()
+    cb = PtychoCallback(options=FAST, on_frame=lambda *args: release.wait(30))
+    run = _Run(cb, md={"ptycho": setup.to_start_doc()})
+    _feed(run, ds, range(6))
+    run.stop()  # the documents are all in, as right after RE() returns
+    st = cb.status
+    assert st.frames_received == 6 and st.frames_pending >= 5 and not st.finished
+    assert f"{st.frames_pending} frame(s) still being processed" in st.message
+    release.set()
+    cb.result(timeout=60)
+    deadline = time.monotonic() + 10
+    while not cb.status.finished and time.monotonic() < deadline:
+        time.sleep(0.01)
+    st = cb.status
+    assert st.finished and st.frames_pending == 0 and st.frames_used == 6
+    assert st.message.endswith("6/6 frames used; finished")
