@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bluesky_ptycho.replay_commands import add_parsers as add_replay_parsers
+from bluesky_ptycho.study_commands import add_study_parser
 
 __all__ = ["main"]
 
@@ -451,6 +452,7 @@ def _parser() -> argparse.ArgumentParser:
     follow.add_argument("--quiet", action="store_true", help="no progress line")
     follow.set_defaults(func=_follow)
     add_replay_parsers(sub)  # replay, reconstruct (bluesky_ptycho.replay_commands)
+    add_study_parser(sub)  # study (bluesky_ptycho.study_commands)
     serve = sub.add_parser(
         "serve",
         help="run the PtychoReconstruction Tango device server (database-free)",
