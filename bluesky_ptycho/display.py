@@ -610,10 +610,10 @@ class LivePlot:
             lines.append(f"held-out error: {validation:.4g}")
         ratio = state.validation_ratio
         ratio_text = f"{ratio:.2f} " if math.isfinite(ratio) else ""
-        lines.append(f"validation ratio: {ratio_text}({signal_verdict(ratio)})")
+        lines.append(f"validation ratio: {ratio_text}\n  {signal_verdict(ratio)}")
         lines.append(
-            f"  (held-out error / mean-pattern error;\n  <= {SIGNAL_OK_RATIO:g}: found the "
-            f"specimen,\n  > {PLATEAU_RATIO:g}: not found)"
+            f"  (held-out error / mean-pattern\n  error; <= {SIGNAL_OK_RATIO:g}: found\n"
+            f"  the specimen, > {PLATEAU_RATIO:g}: not found)"
         )
         self._patterns_text.set_text("\n".join(lines))
         self._figure.suptitle(f"{title}\n{summary(state)}" if title else summary(state))
