@@ -38,11 +38,19 @@ from tango import AttrWriteType, DevState, DispLevel
 from tango.server import Device, attribute, command, device_property
 
 from bluesky_ptycho.callback import PtychoCallback
-from bluesky_ptycho.engine.state import SIGNAL_FOUND, SIGNAL_NOT_FOUND, signal_verdict
+from bluesky_ptycho.engine.state import SIGNAL_FOUND, SIGNAL_NOT_FOUND
 from bluesky_ptycho.io.result import write_result
 from bluesky_ptycho.live import LiveOptions, LiveReconstruction, Snapshot
 
-from .views import SIGNAL_OK_RATIO, RunInfo, SnapshotView, make_view, resolve_inside
+from .logic import STEERABLE_PHASES, DeviceFacts, RunLine, evaluate, setpoints, status_text
+from .views import (
+    SIGNAL_OK_RATIO,
+    RunInfo,
+    SnapshotView,
+    make_view,
+    pixel_size_m,
+    resolve_inside,
+)
 
 __all__ = ["EVENT_ATTRIBUTES", "PtychoReconstruction"]
 
@@ -65,11 +73,10 @@ EVENT_ATTRIBUTES = (
     "ScanUid",
     "Progress",
     "RunPhase",
+    "PixelSize",
 )
 """Attributes with change and data-ready events, pushed for every published snapshot."""
 
-_ACTIVE_PHASES = ("idle", "waiting", "running", "paused", "finishing")
-_STEERABLE_PHASES = (*_ACTIVE_PHASES, "fault")
 _MAX_IMAGE = 4096
 _MAX_POSITIONS = 1_000_000
 _MAX_HISTORY = 1_000_000
@@ -89,13 +96,6 @@ class _Pending:
 
 class _Cancelled(Exception):
     """Raised into a replay by the device to abandon it (Stop, Reset, shutdown)."""
-
-
-def _signal_text(ratio: float) -> str:
-    """The validation ratio in words, for Status."""
-    if not math.isfinite(ratio):
-        return "validation ratio not yet known"
-    return f"validation ratio {ratio:.2f} ({signal_verdict(ratio)})"
 
 
 def _refuse(reason: str, desc: str, origin: str) -> None:
@@ -192,6 +192,7 @@ class PtychoReconstruction(Device):
         self._period = float(self._options.publish_period_s)
         self._replay_rate = 0.0
         self._callback = self._new_callback()
+        self._show_setpoints()
         for name in EVENT_ATTRIBUTES:
             self.set_change_event(name, True, False)
             self.set_data_ready_event(name, True)
@@ -207,6 +208,20 @@ class PtychoReconstruction(Device):
                 self._arm()
             except Exception as exc:
                 self._fail(f"AutoStart failed: {exc}")
+
+    def _show_setpoints(self) -> None:
+        """Make the values in force the write values of the memorized attributes.
+
+        Without this a fresh device reports ``w_value`` 0 for them, and a client showing
+        set-points (a Taurus form) would offer 0. A value memorized in the database is written
+        after ``init_device`` and becomes the write value then.
+        """
+        attrs = self.get_device_attr()
+        for name, value in setpoints(self._callback.options, self._replay_rate).items():
+            try:
+                attrs.get_w_attr_by_name(name).set_write_value(value)
+            except Exception as exc:  # never keep the server from starting
+                self._note(f"cannot show the set-point of {name}: {exc}")
 
     def delete_device(self) -> None:
         """Stop feed, replay, reconstruction and pusher (bounded waits)."""
@@ -306,7 +321,11 @@ class PtychoReconstruction(Device):
             error = live.status.fourier_error if live is not None else math.nan
             expected = pending.run.expected if pending.run is not None else None
             view = make_view(
-                pending.snapshot, uid=pending.uid, expected=expected, fourier_error=error
+                pending.snapshot,
+                uid=pending.uid,
+                expected=expected,
+                fourier_error=error,
+                pixel_size=pixel_size_m(pending.run),
             )
         with self._lock:
             if pending.generation != self._generation:
@@ -336,32 +355,34 @@ class PtychoReconstruction(Device):
             "ScanUid": view.uid,
             "Progress": view.progress,
             "RunPhase": view.phase,
+            "PixelSize": view.pixel_size_m,
         }
 
     # ------------------------------------------------------------------ state
-    def _evaluate(self) -> tuple[DevState, str]:
-        """The device state and why, from the library's own status."""
+    def _facts(self) -> DeviceFacts:
+        """The plain facts :func:`~.logic.evaluate` decides the state from."""
         with self._lock:
             fault = self._fault
-        if fault:
-            return DevState.FAULT, fault
         feed = self._feed
-        if feed is not None and not feed.running:
-            return DevState.FAULT, f"document feed stopped: {feed.last_error or 'no reason given'}"
         live = self._callback.live
         status = live.status if live is not None else None
         if live is not None and live is self._stopped:
             status = None  # Stop was requested: it ends at its next step, whatever it says now
-        if status is not None and status.phase == "fault":
-            return DevState.FAULT, f"reconstruction fault: {status.fault}"
-        if status is not None and status.phase in _ACTIVE_PHASES:
-            return DevState.RUNNING, f"reconstructing ({status.phase})"
-        replaying = self._replay_thread is not None and self._replay_thread.is_alive()
-        if replaying:
-            return DevState.STANDBY, "replaying: waiting for the run's documents"
-        if feed is not None:
-            return DevState.STANDBY, f"armed: waiting for a run from {feed.address}"
-        return DevState.ON, "idle"
+        thread = self._replay_thread
+        return DeviceFacts(
+            fault=fault,
+            feed_address=feed.address if feed is not None else None,
+            feed_running=bool(feed.running) if feed is not None else True,
+            feed_error=str(feed.last_error or "") if feed is not None else "",
+            phase=status.phase if status is not None else None,
+            reconstruction_fault=str(status.fault) if status is not None else "",
+            replaying=thread is not None and thread.is_alive(),
+        )
+
+    def _evaluate(self) -> tuple[DevState, str]:
+        """The device state and why, from the library's own status."""
+        name, why = evaluate(self._facts())
+        return DevState.names[name], why
 
     def dev_state(self) -> DevState:
         """State computed from the reconstruction, feed and replay."""
@@ -374,44 +395,41 @@ class PtychoReconstruction(Device):
         state, why = self._evaluate()
         cb = self._callback.status
         view = self._view
-        lines = [f"{state}: {why}"]
         live = cb.live
+        run_line = None
         if cb.run_uid is not None and live is not None:
             run = self._run
-            expected = run.expected if run is not None and run.uid == cb.run_uid else None
-            lines.append(
-                f"run {cb.run_uid}: {live.phase}, {live.patterns_received}"
-                f"{'/' + str(expected) if expected else ''} patterns received, "
-                f"{live.patterns_in_use} in use, iteration {live.iteration}, "
-                f"{live.pattern_updates} updates, Fourier error {live.fourier_error:.4g}"
+            run_line = RunLine(
+                uid=cb.run_uid,
+                phase=live.phase,
+                received=live.patterns_received,
+                in_use=live.patterns_in_use,
+                iteration=live.iteration,
+                updates=live.pattern_updates,
+                expected=run.expected if run is not None and run.uid == cb.run_uid else None,
+                fourier_error=live.fourier_error,
             )
-        if view.seq:
-            lines.append(f"did it work: {_signal_text(view.validation_ratio)}")
-        lines.append(f"callback: {cb.message}; {cb.rejected} item(s) rejected")
         feed = self._feed
-        if feed is not None:
-            lines.append(
-                f"feed {feed.address}: {feed.documents_received} documents, {feed.errors} errors"
-                + (f" (last: {feed.last_error})" if feed.last_error else "")
-            )
-        opts = self._callback.options
-        k = int(opts.epie.validation_every)
-        held = f"every {k}th pattern held out" if k else "no pattern held out"
-        lines.append(
-            f"options: alpha {opts.epie.alpha:g}, beta {opts.epie.beta:g}, cap "
-            f"{opts.pacing.max_updates_per_pattern} updates/pattern ({opts.pacing.mode} "
-            f"pacing), {held}, final passes "
-            f"{opts.final_passes}, publish period {opts.publish_period_s:g} s, backend "
-            f"{opts.backend}; {self._pushes} snapshots pushed (last seq {view.seq})"
-        )
         with self._lock:
             notes = list(self._notes)
-        recent = [*cb.reasons[-3:], *(live.messages[-3:] if live else ()), *notes[-3:]]
-        problems = list(dict.fromkeys(recent))  # the callback reports rejections to both
-        if problems:
-            lines.append("recent problems:")
-            lines.extend(f"  {p}" for p in problems)
-        text = "\n".join(lines)
+        text = status_text(
+            str(state),
+            why,
+            options=self._callback.options,
+            run=run_line,
+            shown_seq=view.seq,
+            validation_ratio=view.validation_ratio,
+            callback_message=cb.message,
+            rejected=cb.rejected,
+            feed=(
+                (feed.address, feed.documents_received, feed.errors, feed.last_error or "")
+                if feed is not None
+                else None
+            ),
+            pushes=self._pushes,
+            # the callback reports rejections to both lists; status_text shows each once
+            problems=[*cb.reasons[-3:], *(live.messages[-3:] if live else ()), *notes[-3:]],
+        )
         self.set_status(text)
         return text
 
@@ -567,6 +585,18 @@ class PtychoReconstruction(Device):
         display_level=DispLevel.EXPERT,
     )
 
+    PixelSize = attribute(
+        dtype=(np.float64,),
+        max_dim_x=2,
+        unit="m",
+        format="%.4g",
+        label="Pixel size",
+        description="(row, col) size in metres of one object pixel, which is also the probe's "
+        "pixel (wavelength x distance / binned detector width), from the run's start document; "
+        "[NaN, NaN] when unknown. Multiply image and ScanPositions pixels by it for physical "
+        "axes.",
+    )
+
     DocumentsReceived = attribute(
         dtype=int,
         unit="",
@@ -576,6 +606,9 @@ class PtychoReconstruction(Device):
         "for checking the link to the proxy.",
         display_level=DispLevel.EXPERT,
     )
+
+    def read_PixelSize(self) -> np.ndarray:
+        return self._view.pixel_size_m
 
     def read_DocumentsReceived(self) -> int:
         feed = self._feed
@@ -760,7 +793,7 @@ class PtychoReconstruction(Device):
         self._options = options
         self._callback.options = options
         live: LiveReconstruction | None = self._callback.live
-        if live is not None and live.status.phase in _STEERABLE_PHASES:
+        if live is not None and live.status.phase in STEERABLE_PHASES:
             live.set_options(**changes)
 
     # ------------------------------------------------------------------ commands
@@ -812,7 +845,7 @@ class PtychoReconstruction(Device):
         self._disarm()
         self._cancel_replay()
         live = self._callback.live
-        if live is not None and live.status.phase in _STEERABLE_PHASES:
+        if live is not None and live.status.phase in STEERABLE_PHASES:
             live.stop()
             self._stopped = live
             try:  # usually at once; a starved worker ends later (the state is ON anyway)

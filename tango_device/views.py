@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ __all__ = [
     "RunInfo",
     "SnapshotView",
     "make_view",
+    "pixel_size_m",
     "progress_percent",
     "resolve_inside",
     "signal_ok",
@@ -75,6 +76,30 @@ class RunInfo:
         return cls(uid=uid, expected=expected, setup=setup)
 
 
+def pixel_size_m(run: RunInfo | None) -> np.ndarray:
+    """The object (and probe) pixel size ``(row, col)`` in metres of a run, for ``PixelSize``.
+
+    Parameters
+    ----------
+    run : RunInfo or None
+        The run shown.
+
+    Returns
+    -------
+    ndarray of float64, shape (2,)
+        From the run's scan contract (``ScanSetup.geometry().pixel_size_m``: wavelength times
+        distance over the binned detector's width); ``[nan, nan]`` when there is no run or its
+        start document carries no valid contract.
+    """
+    if run is None or run.setup is None:
+        return np.full(2, np.nan)
+    try:
+        pixel = run.setup.geometry().pixel_size_m
+    except (TypeError, ValueError):
+        return np.full(2, np.nan)
+    return np.asarray(pixel, dtype=np.float64).reshape(2).copy()
+
+
 def progress_percent(received: int, expected: int | None) -> float:
     """Patterns received as a percentage of those expected, in [0, 100]; 0 when unknown."""
     if not expected or expected <= 0:
@@ -118,6 +143,8 @@ class SnapshotView:
         ``validation_ratio <= SIGNAL_OK_RATIO`` (False while the ratio is NaN).
     progress : float
         Percent of the announced patterns received.
+    pixel_size_m : ndarray, float64, shape (2,)
+        ``(row, col)`` object pixel size in metres (``[nan, nan]`` when unknown).
     """
 
     seq: int
@@ -137,6 +164,7 @@ class SnapshotView:
     validation_ratio: float
     signal_ok: bool
     progress: float
+    pixel_size_m: np.ndarray = field(default_factory=lambda: np.full(2, np.nan))
 
     @classmethod
     def empty(cls) -> SnapshotView:
@@ -174,6 +202,7 @@ def make_view(
     uid: str,
     expected: int | None,
     fourier_error: float = math.nan,
+    pixel_size: Any = None,
 ) -> SnapshotView:
     """Convert a :class:`~bluesky_ptycho.live.Snapshot` into attribute values.
 
@@ -188,6 +217,9 @@ def make_view(
     fourier_error : float, optional
         Used only when the snapshot's state knows no error yet (``state.latest_error`` is
         NaN), e.g. the live reconstruction's status.
+    pixel_size : array_like, shape (2,), optional
+        ``(row, col)`` object pixel size in metres (:func:`pixel_size_m`); unknown (NaN)
+        when omitted.
 
     Returns
     -------
@@ -224,6 +256,11 @@ def make_view(
         validation_ratio=ratio,
         signal_ok=signal_ok(ratio),
         progress=progress_percent(int(snapshot.patterns_received), expected),
+        pixel_size_m=(
+            np.full(2, np.nan)
+            if pixel_size is None
+            else np.asarray(pixel_size, dtype=np.float64).reshape(2).copy()
+        ),
     )
 
 

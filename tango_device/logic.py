@@ -1,0 +1,247 @@
+"""The device's state, status and set-points as pure functions (no Tango, no threads).
+
+:class:`~bluesky_ptycho.tango_device.device.PtychoReconstruction` gathers plain facts about its
+feed, replay and reconstruction into a :class:`DeviceFacts`, and these functions decide the
+state, compose the Status text and give the values in force of the memorized set-points. They
+are unit-tested on their own (``tests/unit/tango_device/test_logic.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from bluesky_ptycho.engine.state import signal_verdict
+from bluesky_ptycho.live import LiveOptions
+
+__all__ = [
+    "ACTIVE_PHASES",
+    "SETPOINTS",
+    "STEERABLE_PHASES",
+    "DeviceFacts",
+    "RunLine",
+    "evaluate",
+    "setpoints",
+    "signal_text",
+    "status_text",
+]
+
+ACTIVE_PHASES = ("idle", "waiting", "running", "paused", "finishing")
+"""Phases of a live reconstruction in which the device is RUNNING."""
+
+STEERABLE_PHASES = (*ACTIVE_PHASES, "fault")
+"""Phases in which a running reconstruction takes new options."""
+
+SETPOINTS = ("IterationsPerBatch", "Alpha", "Beta", "PublishPeriod", "ReplayRate")
+"""The memorized writable attributes (their write value is the value in force)."""
+
+
+@dataclass(frozen=True)
+class DeviceFacts:
+    """What the device knows at one instant, as plain values.
+
+    Attributes
+    ----------
+    fault : str or None
+        A fault the device recorded itself (failed replay, bad property), kept until Stop or
+        Reset.
+    feed_address : str or None
+        The 0MQ proxy address while the device is armed; None when it is not.
+    feed_running : bool
+        Whether the armed feed's thread is alive (ignored when ``feed_address`` is None).
+    feed_error : str
+        The feed's last error ("" when none).
+    phase : str or None
+        The live reconstruction's phase; None when there is none, or when Stop ended it.
+    reconstruction_fault : str
+        The live reconstruction's fault text (when ``phase == "fault"``).
+    replaying : bool
+        A Replay or Follow thread is running.
+    """
+
+    fault: str | None = None
+    feed_address: str | None = None
+    feed_running: bool = True
+    feed_error: str = ""
+    phase: str | None = None
+    reconstruction_fault: str = ""
+    replaying: bool = False
+
+
+def evaluate(facts: DeviceFacts) -> tuple[str, str]:
+    """The device state's name and why.
+
+    Parameters
+    ----------
+    facts : DeviceFacts
+
+    Returns
+    -------
+    (str, str)
+        ``"FAULT"``, ``"RUNNING"``, ``"STANDBY"`` or ``"ON"`` (names of ``tango.DevState``), and
+        the reason shown as the first line of Status. A recorded fault wins over a dead feed,
+        which wins over a reconstruction fault; then an active reconstruction (RUNNING), a
+        replay or an armed feed (STANDBY), else ON (idle).
+    """
+    if facts.fault:
+        return "FAULT", facts.fault
+    if facts.feed_address is not None and not facts.feed_running:
+        return "FAULT", f"document feed stopped: {facts.feed_error or 'no reason given'}"
+    if facts.phase == "fault":
+        return "FAULT", f"reconstruction fault: {facts.reconstruction_fault}"
+    if facts.phase in ACTIVE_PHASES:
+        return "RUNNING", f"reconstructing ({facts.phase})"
+    if facts.replaying:
+        return "STANDBY", "replaying: waiting for the run's documents"
+    if facts.feed_address is not None:
+        return "STANDBY", f"armed: waiting for a run from {facts.feed_address}"
+    return "ON", "idle"
+
+
+def signal_text(ratio: float) -> str:
+    """The validation ratio in words, for Status ("not yet known" while it is NaN)."""
+    if not math.isfinite(ratio):
+        return "validation ratio not yet known"
+    return f"validation ratio {ratio:.2f} ({signal_verdict(ratio)})"
+
+
+@dataclass(frozen=True)
+class RunLine:
+    """The counters of the run being reconstructed, for Status.
+
+    Attributes
+    ----------
+    uid : str
+        The run's start uid.
+    phase : str
+        The live reconstruction's phase.
+    received, in_use, iteration, updates : int
+        Patterns received and in use, completed passes, pattern updates.
+    expected : int or None
+        Patterns the start document announces.
+    fourier_error : float
+        The latest Fourier error (NaN before the first).
+    """
+
+    uid: str
+    phase: str
+    received: int
+    in_use: int
+    iteration: int
+    updates: int
+    expected: int | None
+    fourier_error: float
+
+    def text(self) -> str:
+        """One line: ``run UID: PHASE, R/E patterns received, ...``."""
+        expected = f"/{self.expected}" if self.expected else ""
+        return (
+            f"run {self.uid}: {self.phase}, {self.received}{expected} patterns received, "
+            f"{self.in_use} in use, iteration {self.iteration}, {self.updates} updates, "
+            f"Fourier error {self.fourier_error:.4g}"
+        )
+
+
+def options_text(options: LiveOptions) -> str:
+    """The options in force, in words (no trailing punctuation)."""
+    k = int(options.epie.validation_every)
+    held = f"every {k}th pattern held out" if k else "no pattern held out"
+    return (
+        f"options: alpha {options.epie.alpha:g}, beta {options.epie.beta:g}, cap "
+        f"{options.pacing.max_updates_per_pattern} updates/pattern ({options.pacing.mode} "
+        f"pacing), {held}, final passes {options.final_passes}, publish period "
+        f"{options.publish_period_s:g} s, backend {options.backend}"
+    )
+
+
+def status_text(
+    state: str,
+    why: str,
+    *,
+    options: LiveOptions,
+    run: RunLine | None = None,
+    shown_seq: int = 0,
+    validation_ratio: float = math.nan,
+    callback_message: str = "",
+    rejected: int = 0,
+    feed: tuple[str, int, int, str] | None = None,
+    pushes: int = 0,
+    problems: Sequence[str] = (),
+) -> str:
+    """The device's Status: state and why first, then counters, feed, options and problems.
+
+    Parameters
+    ----------
+    state, why : str
+        As :func:`evaluate` returns them.
+    options : LiveOptions
+        The options in force.
+    run : RunLine, optional
+        The run being reconstructed (no run line without it).
+    shown_seq : int
+        The number of the snapshot shown (0: none yet; then no "did it work" line).
+    validation_ratio : float
+        The shown snapshot's validation ratio.
+    callback_message : str
+        The callback's own one-line status.
+    rejected : int
+        Items the callback rejected.
+    feed : (str, int, int, str), optional
+        ``(address, documents received, errors, last error)`` while armed.
+    pushes : int
+        Snapshots pushed as events since the device started.
+    problems : sequence of str
+        Recent problems, oldest first; duplicates are shown once.
+
+    Returns
+    -------
+    str
+        Lines joined by newlines; the first is ``"STATE: why"``.
+    """
+    lines = [f"{state}: {why}"]
+    if run is not None:
+        lines.append(run.text())
+    if shown_seq:
+        lines.append(f"did it work: {signal_text(validation_ratio)}")
+    lines.append(f"callback: {callback_message}; {rejected} item(s) rejected")
+    if feed is not None:
+        address, documents, errors, last = feed
+        lines.append(
+            f"feed {address}: {documents} documents, {errors} errors"
+            + (f" (last: {last})" if last else "")
+        )
+    lines.append(f"{options_text(options)}; {pushes} snapshots pushed (last seq {shown_seq})")
+    unique = list(dict.fromkeys(problems))
+    if unique:
+        lines.append("recent problems:")
+        lines.extend(f"  {p}" for p in unique)
+    return "\n".join(lines)
+
+
+def setpoints(options: LiveOptions, replay_rate: float) -> Mapping[str, int | float]:
+    """The values in force of the memorized set-points, by attribute name.
+
+    The device makes these the attributes' write values at initialisation, so that a client
+    showing set-points (a Taurus form) offers the values in force, not 0; a value memorized in
+    the database is written afterwards and replaces them.
+
+    Parameters
+    ----------
+    options : LiveOptions
+        The options in force.
+    replay_rate : float
+        The replay rate in force, frames per second.
+
+    Returns
+    -------
+    Mapping
+        One entry per name of :data:`SETPOINTS`.
+    """
+    return {
+        "IterationsPerBatch": int(options.pacing.max_updates_per_pattern),
+        "Alpha": float(options.epie.alpha),
+        "Beta": float(options.epie.beta),
+        "PublishPeriod": float(options.publish_period_s),
+        "ReplayRate": float(replay_rate),
+    }
