@@ -77,6 +77,10 @@ def test_averaging_on_two_mpi_ranks_matches_two_threads_not_one(tmp_path, small_
             parallel_options=ParallelOptions(average_every=2),
         )
 
-    # the same two subsets, merged by Allreduce instead of in one process
-    np.testing.assert_allclose(got["object"], threads(2).object, atol=1e-4)
-    assert np.abs(got["object"] - threads(1).object).max() > 1e-2
+    # The same two subsets, merged by Allreduce instead of in one process. Not to float32
+    # rounding: each process plans its FFTW transforms by timing them (FFTW_MEASURE), so under
+    # load two processes may round differently, and four ePIE passes amplify that (the test
+    # failed once at 1e-4 in a full run on a busy machine). One subset differs by about 0.16.
+    two, one = threads(2).object, threads(1).object
+    np.testing.assert_allclose(got["object"], two, atol=2e-3)
+    assert np.abs(got["object"] - one).max() > 50 * 2e-3
