@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from bluesky_ptycho.panel_commands import add_panel_parser
 from bluesky_ptycho.replay_commands import add_parsers as add_replay_parsers
 from bluesky_ptycho.study_commands import add_study_parser
 
@@ -453,6 +454,7 @@ def _parser() -> argparse.ArgumentParser:
     follow.set_defaults(func=_follow)
     add_replay_parsers(sub)  # replay, reconstruct (bluesky_ptycho.replay_commands)
     add_study_parser(sub)  # study (bluesky_ptycho.study_commands)
+    add_panel_parser(sub)  # panel (bluesky_ptycho.panel_commands)
     serve = sub.add_parser(
         "serve",
         help="run the PtychoReconstruction Tango device server (database-free)",
