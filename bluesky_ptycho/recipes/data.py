@@ -153,9 +153,18 @@ class StudyData:
             )
         with bz2.open(p) as f:
             arrays = np.load(io.BytesIO(f.read()))
-            data, scan = arrays["data"], arrays["scan"]
-        frames = np.fft.fftshift(data[0], axes=(-2, -1)).astype(np.float32)
-        pos = scan[0].astype(np.float64)
+            star = cls.from_star_arrays(arrays["data"], arrays["scan"], margin_px=margin_px)
+        star.metadata["source"] = str(p)
+        return star
+
+    @classmethod
+    def from_star_arrays(cls, data: Any, scan: Any, *, margin_px: int = 4) -> StudyData:
+        """The Siemens star from its stored arrays ``data`` (1, n, N, N) and ``scan`` (1, n, 2).
+
+        See :meth:`siemens_star` for the conventions.
+        """
+        frames = np.fft.fftshift(np.asarray(data)[0], axes=(-2, -1)).astype(np.float32)
+        pos = np.asarray(scan)[0].astype(np.float64)
         pos = pos - pos.min(axis=0) + margin_px
         n = frames.shape[-1]
         shape = tuple(int(v) for v in np.ceil(pos.max(axis=0)) + n + margin_px + 2)
@@ -164,7 +173,7 @@ class StudyData:
             pos,
             (shape[0], shape[1]),
             name="measured Siemens star",
-            metadata={"source": str(p), "patterns_used": int(frames.shape[0])},
+            metadata={"source": "siemens-star-small", "patterns_used": int(frames.shape[0])},
         )
 
     @classmethod
