@@ -119,6 +119,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--final-passes", type=int, default=None, help="passes after each run")
     p.add_argument("--catalog", default=None, help="databroker catalog for Replay(uid)")
     p.add_argument(
+        "--parallel",
+        choices=("sequential", "synchronous"),
+        default=None,
+        help="engine: sequential ePIE (default) or synchronous mini-batch ePIE",
+    )
+    p.add_argument(
+        "--workers", type=int, default=None, help="worker threads of the synchronous engine"
+    )
+    p.add_argument(
         "--start", action="store_true", help="arm at once (AutoStart): subscribe to --zmq"
     )
     p.add_argument(
@@ -241,6 +250,8 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
         "PublishPeriod": args.publish_period,
         "FinalPasses": args.final_passes,
         "Catalog": args.catalog,
+        "Parallel": args.parallel,
+        "Workers": args.workers,
         "AutoStart": True if args.start else None,
     }
     tmp: str | None = None

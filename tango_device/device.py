@@ -153,6 +153,17 @@ class PtychoReconstruction(Device):
         default_value="",
         doc="databroker catalog (name or URI) in which Replay looks up run uids.",
     )
+    Parallel = device_property(
+        dtype=str,
+        default_value="sequential",
+        doc="The engine: 'sequential' ePIE, or 'synchronous' (mini-batch ePIE whose result "
+        "does not depend on Workers; see docs/explanation/parallel.md).",
+    )
+    Workers = device_property(
+        dtype=int,
+        default_value=1,
+        doc="Worker threads of the synchronous engine (Parallel = 'synchronous').",
+    )
     AutoStart = device_property(
         dtype=bool,
         default_value=False,
@@ -186,6 +197,8 @@ class PtychoReconstruction(Device):
                 publish_period_s=float(self.PublishPeriod),
                 final_passes=int(self.FinalPasses),
                 backend=str(self.Backend),
+                parallel=str(self.Parallel),
+                workers=int(self.Workers),
             )
         except Exception as exc:  # a bad property must not keep the server from starting
             self._fail(f"bad device property: {type(exc).__name__}: {exc}")

@@ -151,8 +151,14 @@ def options_text(options: LiveOptions) -> str:
         f"options: alpha {options.epie.alpha:g}, beta {options.epie.beta:g}, cap "
         f"{options.pacing.max_updates_per_pattern} updates/pattern ({options.pacing.mode} "
         f"pacing), {held}, final passes {options.final_passes}, publish period "
-        f"{options.publish_period_s:g} s, backend {options.backend}"
+        f"{options.publish_period_s:g} s, backend {options.backend}, {_engine_text(options)}"
     )
+
+
+def _engine_text(options: LiveOptions) -> str:
+    if options.parallel == "synchronous":
+        return f"synchronous engine with {options.workers} worker(s)"
+    return "sequential engine"
 
 
 def status_text(

@@ -6,10 +6,12 @@ import math
 from dataclasses import dataclass, field
 
 from bluesky_ptycho.engine.epie import EPIEOptions
+from bluesky_ptycho.engine.parallel import ParallelOptions
 
-__all__ = ["PACING_MODES", "LiveOptions", "PacingPolicy", "check_period"]
+__all__ = ["LIVE_PARALLEL", "PACING_MODES", "LiveOptions", "PacingPolicy", "check_period"]
 
 PACING_MODES = ("batch", "capped", "free")
+LIVE_PARALLEL = ("sequential", "synchronous")
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,16 @@ class LiveOptions:
         Scheduling niceness added to the worker thread (Linux; 0 = none). The reconstruction
         then yields CPU to the RunEngine, detector and other processes when cores are scarce,
         and still uses every idle cycle.
+    parallel : {"sequential", "synchronous"}
+        The engine: the sequential ePIE (default), or the synchronous mini-batch ePIE whose
+        result does not depend on the number of workers
+        (:class:`~bluesky_ptycho.engine.parallel.SynchronousEPIE`, see
+        ``docs/explanation/parallel.md``).
+    workers : int
+        Workers of the synchronous engine (threads, or processes with
+        ``parallel_options.executor="processes"``).
+    parallel_options : ParallelOptions
+        Batch size, regulariser and executor of the synchronous engine.
     """
 
     epie: EPIEOptions = field(default_factory=lambda: EPIEOptions(validation_every=25))
@@ -111,6 +123,9 @@ class LiveOptions:
     backend: str = "numpy"
     staging_chunk: int = 64
     worker_nice: int = 10
+    parallel: str = "sequential"
+    workers: int = 1
+    parallel_options: ParallelOptions = field(default_factory=ParallelOptions)
 
     def __post_init__(self) -> None:
         if not isinstance(self.epie, EPIEOptions):
@@ -128,6 +143,16 @@ class LiveOptions:
             raise ValueError(f"staging_chunk must be >= 1, got {self.staging_chunk!r}")
         if not 0 <= int(self.worker_nice) <= 19:
             raise ValueError(f"worker_nice must be in 0..19, got {self.worker_nice!r}")
+        if self.parallel not in LIVE_PARALLEL:
+            raise ValueError(f"parallel must be one of {LIVE_PARALLEL}, got {self.parallel!r}")
+        if int(self.workers) < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers!r}")
+        if not isinstance(self.parallel_options, ParallelOptions):
+            raise TypeError("parallel_options must be a ParallelOptions")
+        if self.parallel_options.executor == "mpi":
+            raise ValueError(
+                "a live reconstruction runs its workers as threads or processes, not MPI ranks"
+            )
 
 
 def check_period(value: float) -> None:

@@ -32,7 +32,9 @@ from typing import Any
 import numpy as np
 
 from bluesky_ptycho.engine.epie import EPIE, EPIEOptions, positive_pair
+from bluesky_ptycho.engine.parallel import SynchronousEPIE
 from bluesky_ptycho.engine.state import ReconstructionState
+from bluesky_ptycho.engine.workers import Workers, make_workers
 from bluesky_ptycho.live.guard import DivergenceGuard, divergence
 from bluesky_ptycho.live.options import LiveOptions, PacingPolicy, check_period
 from bluesky_ptycho.live.pacer import Pacer
@@ -167,9 +169,23 @@ class LiveReconstruction:
         self._name = str(name)
         self._object_shape = oshape
         self._probe_shape = pshape
-        self._engine = EPIE(
-            oshape, probe=probe, options=opts.epie, probe_shape=pshape, backend=opts.backend
-        )
+        self._workers: Workers | None = None
+        if opts.parallel == "synchronous":
+            self._workers = make_workers(opts.parallel_options.executor, int(opts.workers))
+            self._engine: EPIE = SynchronousEPIE(
+                oshape,
+                probe=probe,
+                options=opts.epie,
+                probe_shape=pshape,
+                backend=opts.backend,
+                batch_size=opts.parallel_options.batch_size,
+                regulariser=opts.parallel_options.regulariser,
+                workers=self._workers,
+            )
+        else:
+            self._engine = EPIE(
+                oshape, probe=probe, options=opts.epie, probe_shape=pshape, backend=opts.backend
+            )
         if expected_patterns is not None:
             if int(expected_patterns) < 0:
                 raise ValueError(f"expected_patterns must be >= 0, got {expected_patterns!r}")
@@ -497,6 +513,11 @@ class LiveReconstruction:
             except Exception:
                 logger.exception("%s: could not publish the final snapshot", self._name)
         finally:
+            if self._workers is not None:
+                try:
+                    self._workers.close()
+                except Exception:
+                    logger.exception("%s: could not close the engine's workers", self._name)
             with self._cond:
                 self._done.set()
                 self._cond.notify_all()
@@ -657,10 +678,15 @@ class LiveReconstruction:
         self._guard.ensure_good(engine)
         # an unfinished pass (it may miss the newest patterns) is completed first
         remaining = passes + (1 if self._pacer.pass_open else 0) if passes > 0 else 0
-        if remaining:  # the final passes use every pattern; the last signal value is kept
-            engine.release_held_out()
-            self._pacer.state_replaced()
+        # The last quarter of the final passes (at least 2) uses every pattern, the held-out
+        # ones included; the "did it work" value measured just before is kept. Measuring it
+        # after most of the final passes, not before them, makes it mean something after a
+        # fast replay too (all frames at once, few updates before the final passes).
+        release_at = min(remaining, max(2, remaining // 4))
         while engine.n_patterns and remaining > 0:
+            if remaining <= release_at and engine.held_out.any():
+                engine.release_held_out()
+                self._pacer.state_replaced()
             chunks, req = self._take_inputs()
             if req.stop:
                 self._end(Phase.STOPPED)

@@ -661,3 +661,21 @@ def test_standard_command_line_runs_database_free(tango_servers: ServerFactory) 
     dev.Beta = 0.5
     assert dev.Beta == pytest.approx(0.5)
     tango_servers.stop(server)
+
+
+def test_the_synchronous_engine_serves_with_workers(
+    tango_servers: ServerFactory, small_dataset: Any, cxi_scan: Path
+) -> None:
+    """Device properties Parallel/Workers: a replay reconstructs with the synchronous engine."""
+    server = tango_servers.start(extra=["--parallel", "synchronous", "--workers", "2"])
+    try:
+        dev = tango.DeviceProxy(server.address)
+        assert "synchronous engine with 2 worker(s)" in dev.status()
+        dev.Replay(str(cxi_scan))
+        assert wait_for(lambda: dev.RunPhase == "finished" and dev.state() == DevState.ON), (
+            dev.status()
+        )
+        assert dev.PatternsInUse == small_dataset.intensities.shape[0]
+        assert dev.SignalOK, dev.ValidationRatio
+    finally:
+        tango_servers.stop(server)

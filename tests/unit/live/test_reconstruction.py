@@ -232,8 +232,8 @@ def test_capped_policy_never_exceeds_the_cap_before_finish(small_dataset, make_l
     state = live.wait(TIMEOUT)
     assert state.iteration >= 3
     assert state.updates_per_pattern[trained].min() >= cap + 3
-    # the final passes put the held-out validation patterns back into use
-    assert state.updates_per_pattern[~trained].min() >= 3
+    # the last final passes (a quarter, at least 2) put the held-out patterns back into use
+    assert state.updates_per_pattern[~trained].min() >= 2
     assert np.isfinite(state.validation_error)  # the last signal value is kept
 
 
@@ -638,3 +638,45 @@ def test_worker_thread_runs_nicer_than_its_caller():
     assert seen["nice"] == min(19, before + 7)
     # the caller's own niceness is untouched
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
+
+
+@pytest.mark.parametrize("executor", ["threads", "processes"])
+def test_the_synchronous_engine_runs_live_and_matches_for_any_worker_count(small_dataset, executor):
+    """LiveOptions(parallel="synchronous"): same result with 1 and 2 workers, frames fed live."""
+    from bluesky_ptycho.engine.parallel import ParallelOptions, SynchronousEPIE
+
+    ds = small_dataset
+    results = []
+    for workers in (1, 2):
+        opts = LiveOptions(
+            pacing=PacingPolicy(mode="batch", passes_per_batch=0, min_patterns=2),
+            final_passes=5,
+            parallel="synchronous",
+            workers=workers,
+            parallel_options=ParallelOptions(batch_size=16, executor=executor),
+            publish_period_s=0.0,
+        )
+        live = LiveReconstruction(
+            ds.object.shape, ds.intensities.shape[1:], probe=ds.probe, options=opts
+        )
+        assert isinstance(live._engine, SynchronousEPIE)
+        live.start()
+        live.submit(ds.intensities, ds.positions_px)
+        live.finish()
+        results.append(live.wait(TIMEOUT))
+        assert live.status.phase == "finished"
+    one, two = results
+    assert one.iteration == two.iteration == 5
+    np.testing.assert_allclose(two.object, one.object, atol=1e-5)
+    np.testing.assert_allclose(two.probe, one.probe, rtol=1e-4, atol=1e-4)
+
+
+def test_live_parallel_options_are_checked():
+    from bluesky_ptycho.engine.parallel import ParallelOptions
+
+    with pytest.raises(ValueError, match="parallel must be one of"):
+        LiveOptions(parallel="averaging")
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        LiveOptions(workers=0)
+    with pytest.raises(ValueError, match="not MPI"):
+        LiveOptions(parallel_options=ParallelOptions(executor="mpi"))
