@@ -28,6 +28,7 @@ import math
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -961,24 +962,34 @@ class PtychoReconstruction(Device):
                 "property is set to look it up as a run uid",
                 origin,
             )
-        self._replay_cancel = cancel = threading.Event()
-        thread = threading.Thread(
-            target=self._replay_main, args=(text, cancel), name="ptycho-replay", daemon=True
-        )
-        self._replay_thread = thread
-        thread.start()
+        self._start_source(self._replay_main, text, "ptycho-replay")
 
     def is_Replay_allowed(self) -> bool:
         return self._require("Replay", (DevState.ON,), "Stop first (or Reset after a FAULT)")
 
-    def _replay_main(self, source: str, cancel: threading.Event) -> None:
-        from bluesky_ptycho.io.replay import replay
+    def _start_source(
+        self, target: Callable[[str, threading.Event], None], source: str, name: str
+    ) -> None:
+        """Run ``target(source, cancel)`` (a replay or a follow) in a background thread."""
+        self._replay_cancel = cancel = threading.Event()
+        thread = threading.Thread(target=target, args=(source, cancel), name=name, daemon=True)
+        self._replay_thread = thread
+        thread.start()
+
+    def _forwarder(self, cancel: threading.Event) -> Callable[[str, dict], None]:
+        """Documents of a replay or follow into the callback, until ``cancel`` is set."""
 
         def forward(name: str, doc: dict) -> None:
             if cancel.is_set():
                 raise _Cancelled
             self._on_document(name, doc)
 
+        return forward
+
+    def _replay_main(self, source: str, cancel: threading.Event) -> None:
+        from bluesky_ptycho.io.replay import replay
+
+        forward = self._forwarder(cancel)
         try:
             uid = replay(
                 source, forward, catalog=str(self.Catalog) or None, rate_hz=self._replay_rate
@@ -1009,12 +1020,7 @@ class PtychoReconstruction(Device):
             _refuse("PTYCHO_BadSource", "Follow refused: give a scan directory", origin)
         if Path(text).exists() and not Path(text).is_dir():
             _refuse("PTYCHO_BadSource", f"Follow refused: {text!r} is not a directory", origin)
-        self._replay_cancel = cancel = threading.Event()
-        thread = threading.Thread(
-            target=self._follow_main, args=(text, cancel), name="ptycho-follow", daemon=True
-        )
-        self._replay_thread = thread
-        thread.start()
+        self._start_source(self._follow_main, text, "ptycho-follow")
 
     def is_Follow_allowed(self) -> bool:
         return self._require("Follow", (DevState.ON,), "Stop first (or Reset after a FAULT)")
@@ -1022,10 +1028,7 @@ class PtychoReconstruction(Device):
     def _follow_main(self, directory: str, cancel: threading.Event) -> None:
         from bluesky_ptycho.io.follow import Follower
 
-        def forward(name: str, doc: dict) -> None:
-            if cancel.is_set():
-                raise _Cancelled
-            self._on_document(name, doc)
+        forward = self._forwarder(cancel)
 
         def problem(text: str) -> None:
             live = self._callback.live
