@@ -10,10 +10,16 @@ per pattern, Fourier error, validation ratio), PNG snapshots at 25, 50, 75 and 1
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import logging
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from bluesky_ptycho.panel_commands import add_panel_parser
 from bluesky_ptycho.replay_commands import add_parsers as add_replay_parsers
@@ -103,7 +109,7 @@ def _demo_live(args: argparse.Namespace) -> int:
 
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    RE = RunEngine({})
+    RE = RunEngine({}, context_managers=[_PauseOnCtrlC])
     beamline = make_beamline(mode="inline", seed=args.seed)
     preset = beamline.specimen.preset
     setup = beamline.setup()
@@ -145,7 +151,8 @@ def _demo_live(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     RE.subscribe(cb)
-    RE(
+    completed = _run_or_abort(
+        RE,
         spirangle_ptycho(
             [beamline.detector],
             beamline.x_motor,
@@ -154,8 +161,23 @@ def _demo_live(args: argparse.Namespace) -> int:
             n_side=preset.n_rows,
             step=preset.step_m / beamline.position_scale_m,
             per_step=dwell,
-        )
+        ),
     )
+    if not completed:
+        live = cb.live
+        if live is not None:
+            live.stop()  # no final passes: the user asked to stop
+        with contextlib.suppress(TimeoutError, RuntimeError):
+            cb.result(timeout=30)  # the reconstruction's threads have ended
+        cb.close()
+        snapshots.close(timeout=10)
+        bar.close()
+        print(
+            f"interrupted: scan aborted after {cb.status.frames_received} of {total} frames; "
+            "nothing written",
+            file=sys.stderr,
+        )
+        return 130
     scan_time = time.perf_counter() - t0
     state = cb.result(timeout=600)
     bar.n = total
@@ -209,6 +231,7 @@ def _demo_tango(args: argparse.Namespace) -> int:
     out = Path(args.output).resolve()
     out.mkdir(parents=True, exist_ok=True)
     server: ServerProcess | None = None
+    interrupted = False
     proxy = ProxyProcess()
     try:
         proxy.start()
@@ -241,14 +264,14 @@ def _demo_tango(args: argparse.Namespace) -> int:
             if event.err or event.attr_value is None:
                 return
             print(
-                f"  event {event.attr_value.name}: PatternsReceived "
+                f"  event {_EVENT_ATTRIBUTE}: PatternsReceived "
                 f"{dev.PatternsReceived:4d}  Iteration {dev.Iteration:3d}  "
                 f"FourierError {dev.FourierError:.4f}  ValidationRatio "
                 f"{dev.ValidationRatio:5.2f}  Progress {dev.Progress:5.1f} %"
             )
 
-        event_id = dev.subscribe_event("ObjectPhase", tango.EventType.CHANGE_EVENT, show)
-        RE = RunEngine({})
+        event_id = dev.subscribe_event(_EVENT_ATTRIBUTE, tango.EventType.CHANGE_EVENT, show)
+        RE = RunEngine({}, context_managers=[_PauseOnCtrlC])
         beamline = make_beamline(mode="inline", seed=args.seed)
         preset = beamline.specimen.preset
 
@@ -258,7 +281,8 @@ def _demo_tango(args: argparse.Namespace) -> int:
 
         with publish(RE, proxy.in_address):
             time.sleep(0.5)  # 0MQ slow joiner: let the subscription reach the proxy
-            (uid,) = RE(
+            completed = _run_or_abort(
+                RE,
                 spirangle_ptycho(
                     [beamline.detector],
                     beamline.x_motor,
@@ -267,15 +291,22 @@ def _demo_tango(args: argparse.Namespace) -> int:
                     n_side=preset.n_rows,
                     step=preset.step_m / beamline.position_scale_m,
                     per_step=dwell,
-                )
+                ),
             )
-        print(f"scan {uid[:8]} done; waiting for the final passes")
+        if not completed:
+            interrupted = True
+            return 130
+        print("scan done; waiting for the final passes")
         deadline = time.monotonic() + 300
-        while dev.RunPhase not in ("finished", "stopped", "fault"):
-            if time.monotonic() > deadline:
-                print("the reconstruction did not finish in time", file=sys.stderr)
-                return 1
-            time.sleep(0.2)
+        try:
+            while dev.RunPhase not in ("finished", "stopped", "fault"):
+                if time.monotonic() > deadline:
+                    print("the reconstruction did not finish in time", file=sys.stderr)
+                    return 1
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            interrupted = True
+            return 130
         dev.unsubscribe_event(event_id)
         print(
             f"final: {dev.PatternsReceived} patterns, {dev.Iteration} passes, "
@@ -283,11 +314,87 @@ def _demo_tango(args: argparse.Namespace) -> int:
             f"(SignalOK {dev.SignalOK}), state {dev.State()}, status: {dev.Status()}"
         )
         return 0
+    except KeyboardInterrupt:  # while starting the processes
+        interrupted = True
+        return 130
     finally:
         if server is not None:
             server.stop()
         proxy.stop()
-        print("stopped the device server and the proxy")
+        if interrupted:
+            print(
+                "interrupted: scan aborted; stopped the device server and the proxy",
+                file=sys.stderr,
+            )
+        else:
+            print("stopped the device server and the proxy")
+
+
+_EVENT_ATTRIBUTE = "ObjectPhase"
+"""The device attribute whose change events ``demo --tango`` prints (one spelling)."""
+
+
+class _PauseOnCtrlC:
+    """RunEngine context manager: Ctrl-C pauses the RunEngine at once, quietly.
+
+    Bluesky's own handler prints a banner, asks for a second Ctrl-C and leaves the RunEngine
+    paused; the demos instead abort the scan (:func:`_run_or_abort`) and end with one line.
+    """
+
+    def __init__(self, RE: Any) -> None:
+        self._RE = RE
+        self._previous: Any = None
+
+    def __enter__(self) -> _PauseOnCtrlC:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        # request_pause waits on the RunEngine's loop: not from inside a signal handler
+        threading.Thread(target=self._pause, name="ctrl-c-pause", daemon=True).start()
+
+    def _pause(self) -> None:
+        _quiet_bluesky(True)  # "Pausing...", "Aborting...", the aborted plan's traceback
+        try:
+            self._RE.request_pause(defer=False)
+        except Exception:  # already idle or stopping: nothing to pause
+            _quiet_bluesky(False)
+
+
+_SAVED_STDOUT: list[Any] = []
+
+
+def _quiet_bluesky(quiet: bool) -> None:
+    """Silence (or restore) bluesky's prints and logging while a scan is being aborted."""
+    logging.getLogger("bluesky").setLevel(logging.CRITICAL if quiet else logging.NOTSET)
+    if quiet and not _SAVED_STDOUT:
+        _SAVED_STDOUT.append(sys.stdout)
+        sys.stdout = io.StringIO()
+    elif not quiet and _SAVED_STDOUT:
+        sys.stdout = _SAVED_STDOUT.pop()
+
+
+def _run_or_abort(RE: Any, plan: Any) -> bool:
+    """Run a plan; on Ctrl-C abort it (the stop document says ``"abort"``) and return False."""
+    from bluesky.utils import RunEngineInterrupted
+
+    try:
+        RE(plan)
+    except (RunEngineInterrupted, KeyboardInterrupt):
+        _quiet_bluesky(True)
+        try:
+            if RE.state != "idle":
+                RE.abort("interrupted by Ctrl-C")
+        finally:
+            _quiet_bluesky(False)
+        return False
+    return True
 
 
 def _follow(args: argparse.Namespace) -> int:
@@ -416,13 +523,21 @@ def _serve(args: argparse.Namespace, rest: list[str]) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="bluesky-ptycho", description="Live ptychography for Bluesky beamlines."
+        prog="bluesky-ptycho",
+        description="Live ptychography for Bluesky beamlines. Each command has its own --help.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="simulate a scan and reconstruct it")
+    demo = sub.add_parser(
+        "demo",
+        help="simulate a scan and reconstruct it",
+        description="Run a Bluesky RunEngine scan of the simulated beamline while PtychoCallback "
+        "reconstructs it live; write snapshots, the final figure and the HDF5 result into "
+        "--output. --offline: the engine alone, no Bluesky. --tango: across processes (0MQ "
+        "proxy, Tango device server, a client printing its events); needs the tango extra.",
+    )
     demo.add_argument("--output", default="demo-output", help="folder for HDF5 and PNG files")
     demo.add_argument("--passes", type=int, default=60, help="(final) ePIE passes")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=int, default=0, help="seed of the simulation and engine")
     demo.add_argument("--dwell", type=float, default=0.05, help="seconds per scan point")
     demo.add_argument("--offline", action="store_true", help="no RunEngine: engine only")
     demo.add_argument(
@@ -461,16 +576,124 @@ def _parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     serve.set_defaults(func=None)
+    _polish(sub)
     return parser
+
+
+_COMMON_HELP = {
+    "--seed": "random seed",
+    "--quiet": "no progress output",
+    "--output": "where to write the results",
+    "--crop": "frame size N used (power of two)",
+}
+"""Help for options that subcommands commonly leave without one."""
+
+
+def _no_default(value: object) -> bool:
+    """None, False or SUPPRESS: nothing worth showing (0 and 0.0 are shown)."""
+    return value is None or value is False or value == argparse.SUPPRESS
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default unless it is None or False or its help already names one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if _no_default(action.default) or "default" in text.lower():
+            return text
+        return super()._get_help_string(action)
+
+
+def _polish(sub: argparse._SubParsersAction) -> None:
+    """Every subcommand's ``--help``: a description, a help line and the default of each option.
+
+    Subcommands added by other modules (``replay``, ``study``...) get the same treatment, so
+    their options need only ``help=`` for the words; the default is shown automatically.
+    """
+    helps = {action.dest: action.help for action in sub._choices_actions}
+    for name, parser in sub.choices.items():
+        if name == "serve":  # the server's own parser (bluesky_ptycho.serve) answers --help
+            continue
+        parser.formatter_class = _HelpFormatter
+        if not parser.description and helps.get(name):
+            text = str(helps[name])
+            parser.description = text[:1].upper() + text[1:] + "."
+        for action in parser._actions:
+            if action.help is not None or isinstance(action, argparse._HelpAction):
+                continue
+            option = max(action.option_strings, key=len, default=action.dest)
+            if option in _COMMON_HELP:
+                action.help = _COMMON_HELP[option]
+            elif not _no_default(action.default):
+                action.help = option.lstrip("-").replace("-", " ") + " (default: %(default)s)"
+            else:
+                action.help = option.lstrip("-").replace("-", " ")
+
+
+_EXTRAS = {
+    "bluesky": "bluesky",
+    "ophyd": "bluesky",
+    "ophyd_async": "bluesky",
+    "event_model": "bluesky",
+    "area_detector_handlers": "bluesky",
+    "zmq": "bluesky",
+    "msgpack": "bluesky",
+    "msgpack_numpy": "bluesky",
+    "tango": "tango",
+    "databroker": "databroker",
+    "tiled": "databroker",
+    "mpi4py": "mpi",
+    "cupy": "gpu",
+    "taurus": "gui",
+    "PyQt5": "gui",
+}
+"""Top-level module -> the ``pip install 'bluesky-ptycho[EXTRA]'`` extra that provides it."""
+
+
+def missing_extra_message(command: str, exc: ModuleNotFoundError) -> str | None:
+    """The one-line hint for a module an optional extra provides; None for any other module.
+
+    Parameters
+    ----------
+    command : str
+        The command as the user typed it (``"bluesky-ptycho demo --tango"``).
+    exc : ModuleNotFoundError
+        The import error.
+
+    Returns
+    -------
+    str or None
+        ``"<command> needs the 'tango' extra (module 'tango' is not installed): pip install
+        'bluesky-ptycho[tango]'"``, or None when the module is not one of an extra.
+    """
+    module = (exc.name or "").split(".")[0]
+    extra = _EXTRAS.get(module)
+    if extra is None:
+        return None
+    return (
+        f"{command} needs the {extra!r} extra (module {module!r} is not installed): "
+        f"pip install 'bluesky-ptycho[{extra}]' (from a checkout: pip install -e '.[{extra}]')"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``bluesky-ptycho`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["serve"]:  # the server parses its own options (see bluesky_ptycho.serve)
-        return _serve(argparse.Namespace(), argv[1:])
-    args = _parser().parse_args(argv)
-    return int(args.func(args))
+    command = " ".join(["bluesky-ptycho", *argv[:1], *(a for a in argv[1:] if a == "--tango")])
+    try:
+        if argv[:1] == ["serve"]:  # the server parses its own options (bluesky_ptycho.serve)
+            return _serve(argparse.Namespace(), argv[1:])
+        args = _parser().parse_args(argv)
+        return int(args.func(args))
+    except ModuleNotFoundError as exc:
+        message = missing_extra_message(command, exc)
+        if message is None:
+            raise
+        print(message, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
