@@ -172,9 +172,10 @@ def _demo_live(args: argparse.Namespace) -> int:
         cb.close()
         snapshots.close(timeout=10)
         bar.close()
+        kept = f"partial result: {cb.result_path}" if cb.result_path else "nothing written"
         print(
             f"interrupted: scan aborted after {cb.status.frames_received} of {total} frames; "
-            "nothing written",
+            f"{kept}",
             file=sys.stderr,
         )
         return 130
