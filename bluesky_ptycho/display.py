@@ -386,6 +386,11 @@ class _LiveArtists:
     validation: Line2D
 
 
+def _pushes_frames(canvas: object) -> bool:
+    """Whether a canvas is matplotlib's web canvas (ipympl's included): frames are pushed."""
+    return any(c.__name__ == "FigureCanvasWebAggCore" for c in type(canvas).__mro__)
+
+
 class LivePlot:
     """A throttled figure of a running reconstruction, updated in place.
 
@@ -410,7 +415,9 @@ class LivePlot:
     :meth:`save_png`. The off-screen figure is laid out once, at the first redraw with an
     error history, and keeps that layout (a redraw then takes about half the time). With an
     interactive canvas the redraw is requested with ``canvas.draw_idle()``; an Agg canvas is
-    rendered immediately.
+    rendered immediately, and so is a web canvas (ipympl's ``%matplotlib widget`` in Jupyter,
+    matplotlib's webagg), whose frame is then sent to the browser at once: the figure updates
+    while a RunEngine scan runs in the same kernel (see ``docs/notebooks/live-scan.ipynb``).
     GUI toolkits such as Qt must not be driven from a worker thread: there, call
     :meth:`update` from the GUI thread (e.g. a timer) instead.
     """
@@ -432,6 +439,8 @@ class LivePlot:
         self._freeze_layout = figure is None
         self._has_error = False
         self._validation: list[tuple[float, float]] = []  # (pattern updates, error)
+        self.redraws = 0
+        """Redraws so far (updates not throttled away)."""
         if figure is None:
             figure = Figure(figsize=(12, 7.6), layout="constrained")
             FigureCanvasAgg(figure)
@@ -513,9 +522,15 @@ class LivePlot:
                     # every redraw, so keep these positions for the redraws that follow.
                     self._figure.set_layout_engine("none")
                     self._freeze_layout = False
+            elif _pushes_frames(canvas):
+                # ipympl (Jupyter) and other webagg canvases: render and send the frame now.
+                # draw_idle() would wait for the browser to ask for it, which the kernel
+                # cannot answer while a RunEngine scan blocks it.
+                canvas.draw()
             else:
                 canvas.draw_idle()
             self._last_draw = time.monotonic()
+            self.redraws += 1
             return True
 
     def save_png(self, path: str | os.PathLike[str], *, dpi: float = 100) -> Path:

@@ -369,3 +369,38 @@ def test_scan_snapshot_titles_say_the_fraction(tmp_path: Path) -> None:
     assert second.startswith("pass 0, 32 updates/pattern, 20 patterns")
     # the error panel of the file has the trace
     assert live.axes["error"].lines[0].get_xdata().size > 0
+
+
+class _Browser:
+    """A web socket of matplotlib's web canvas that records what it is sent."""
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+        self.events: list[dict] = []
+
+    def send_binary(self, data: bytes) -> None:
+        self.frames.append(data)
+
+    def send_json(self, content: dict) -> None:
+        self.events.append(content)
+
+
+def test_live_plot_pushes_frames_to_a_web_canvas_without_being_asked() -> None:
+    """ipympl's canvas is a web canvas: frames must go out while the kernel is busy."""
+    from matplotlib.backends.backend_webagg_core import FigureManagerWebAgg
+
+    from matplotlib.backends.backend_webagg_core import FigureCanvasWebAggCore
+
+    fig = Figure(figsize=(6, 4))
+    canvas = FigureCanvasWebAggCore(fig)
+    manager = FigureManagerWebAgg(canvas, 1)
+    browser = _Browser()
+    manager.add_web_socket(browser)
+    live = LivePlot(0.0, figure=fig)
+    assert live.redraws == 0
+    assert live.update(make_state(passes=2))
+    # no "draw" round trip through the browser: the rendered frame itself was sent
+    assert len(browser.frames) == 1 and browser.frames[0][:8] == b"\x89PNG\r\n\x1a\n"
+    assert live.update(make_state(passes=4, seed=1))
+    assert len(browser.frames) == 2 and live.redraws == 2
+    assert not any(e.get("type") == "draw" for e in browser.events)
