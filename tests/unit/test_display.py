@@ -387,9 +387,7 @@ class _Browser:
 
 def test_live_plot_pushes_frames_to_a_web_canvas_without_being_asked() -> None:
     """ipympl's canvas is a web canvas: frames must go out while the kernel is busy."""
-    from matplotlib.backends.backend_webagg_core import FigureManagerWebAgg
-
-    from matplotlib.backends.backend_webagg_core import FigureCanvasWebAggCore
+    from matplotlib.backends.backend_webagg_core import FigureCanvasWebAggCore, FigureManagerWebAgg
 
     fig = Figure(figsize=(6, 4))
     canvas = FigureCanvasWebAggCore(fig)
