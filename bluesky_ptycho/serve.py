@@ -15,13 +15,14 @@ Clients reach the device as ``tango://HOST:PORT/DEVICE#dbase=no`` and Taurus as
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -141,68 +142,205 @@ def _parser() -> argparse.ArgumentParser:
 
 
 class ServerProcess:
-    """``bluesky-ptycho serve`` as a subprocess on loopback, for demos and benchmarks.
+    """A ``PtychoReconstruction`` server subprocess on loopback: demos, benchmarks and tests.
+
+    By default it runs ``bluesky-ptycho serve`` (database-free) on ``port``; ``command`` runs
+    any other server command line instead (``bluesky-ptycho-tango INSTANCE`` in a Tango
+    database, with ``tango_host`` set). It is stopped by its pid (SIGTERM, then SIGKILL).
 
     Parameters
     ----------
     device : str
         Device name ``dom/fam/member``.
     options : sequence of str
-        Further ``serve`` options (``--zmq``, ``--output-dir``, ...).
+        Further ``serve`` options (``--zmq``, ``--output-dir``, ...); ignored with ``command``.
     port : int, optional
-        TCP port; default a free one.
+        The server's TCP port (``-ORBendPoint``); default a free one.
+    command : callable, optional
+        ``command(port) -> argv`` run as ``python *argv``; default
+        ``-m bluesky_ptycho.serve --port PORT --device DEVICE *options``.
+    tango_host : str, optional
+        ``HOST:PORT`` of the Tango database the server registers in; set as ``TANGO_HOST`` in
+        its environment, and clients address the device through it. None: database-free.
+    log_file : path-like, optional
+        Where the server's stdout and stderr go (default: discarded).
+    env : mapping, optional
+        Extra environment variables for the server.
+
+    Attributes
+    ----------
+    address : str
+        The device's address for Tango clients: ``tango://TANGO_HOST/DEVICE`` with a database,
+        ``tango://127.0.0.1:PORT/DEVICE#dbase=no`` without.
+    taurus_name : str
+        The same for Taurus: ``tango://TANGO_HOST/DEVICE`` or ``tango-nodb://...``.
     """
 
-    def __init__(self, device: str, options: Sequence[str] = (), port: int | None = None):
+    def __init__(
+        self,
+        device: str,
+        options: Sequence[str] = (),
+        port: int | None = None,
+        *,
+        command: Callable[[int], Sequence[str]] | None = None,
+        tango_host: str | None = None,
+        log_file: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         from bluesky_ptycho.transport import free_port
 
         self.device = device
         self.port = free_port() if port is None else int(port)
-        self.address, self.taurus_name = device_addresses("127.0.0.1", self.port, device)
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "bluesky_ptycho.serve",
-                "--port",
-                str(self.port),
-                "--device",
-                device,
-                *options,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        self.tango_host = tango_host
+        if tango_host is None:
+            self.address, self.taurus_name = device_addresses("127.0.0.1", self.port, device)
+        else:
+            self.address = self.taurus_name = f"tango://{tango_host}/{device}"
+        if command is None:
+            argv = ["-m", "bluesky_ptycho.serve", "--port", str(self.port), "--device", device]
+            argv += list(options)
+        else:
+            argv = list(command(self.port))
+        self.argv = [sys.executable, *argv]
+        self.log_file = Path(log_file) if log_file is not None else None
+        environment = {**os.environ, **(env or {})}
+        if tango_host is not None:
+            environment["TANGO_HOST"] = tango_host
+        out = self.log_file.open("wb") if self.log_file is not None else subprocess.DEVNULL
+        try:
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=environment,
+            )
+        finally:
+            if self.log_file is not None:
+                out.close()  # type: ignore[union-attr]
+
+    @classmethod
+    def start(
+        cls,
+        device: str,
+        *,
+        attempts: int = 3,
+        timeout: float = 60.0,
+        started: list[ServerProcess] | None = None,
+        **kwargs: Any,
+    ) -> ServerProcess:
+        """Start a server and wait until the device answers, on a new free port if the first
+        one was taken meanwhile.
+
+        Parameters
+        ----------
+        device : str
+            Device name.
+        attempts : int
+            Tries in all; another one only when the server exited saying its port was taken.
+        timeout : float
+            Seconds to wait for each try to answer.
+        started : list, optional
+            Every process started is appended to it (before it is waited for), so that a
+            caller can make sure all of them end.
+        **kwargs
+            As for the constructor (without ``port``).
+
+        Returns
+        -------
+        ServerProcess
+            Answering a ping.
+
+        Raises
+        ------
+        RuntimeError
+            If it exits (its log, when kept, is in the message), or does not answer in time
+            (it is stopped then).
+        """
+        for attempt in range(attempts):
+            server = cls(device, **kwargs)
+            if started is not None:
+                started.append(server)
+            try:
+                server.wait(timeout)
+                return server
+            except RuntimeError:
+                server.stop()
+                lost_port = "port" in server.log().lower() and server.proc.returncode != 0
+                if attempt == attempts - 1 or not lost_port:
+                    raise
+        raise AssertionError("unreachable")
 
     @property
     def pid(self) -> int:
+        """The server's process id."""
         return self.proc.pid
 
-    def proxy(self, timeout: float = 60.0) -> Any:
-        """A ``DeviceProxy`` once the device answers a ping; ``RuntimeError`` otherwise."""
+    def log(self) -> str:
+        """What the server has written so far ("" without a log file)."""
+        if self.log_file is None:
+            return ""
+        try:
+            return self.log_file.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def device_proxy(self, timeout_ms: int = 10_000) -> Any:
+        """A ``tango.DeviceProxy`` to the device (no waiting)."""
         import tango
 
         dev = tango.DeviceProxy(self.address)
+        dev.set_timeout_millis(timeout_ms)
+        return dev
+
+    def wait(self, timeout: float = 60.0) -> None:
+        """Wait until the device answers a ping.
+
+        Raises
+        ------
+        RuntimeError
+            If the server exits first, or after ``timeout`` seconds.
+        """
+        import tango
+
         deadline = time.monotonic() + timeout
+        last: Exception | None = None
         while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"the device server for {self.address} exited with {self.proc.returncode} "
+                    f"before answering\n{self.log()}"
+                )
             try:
-                dev.ping()
-                return dev
+                self.device_proxy(timeout_ms=2000).ping()
+                return
             except tango.DevFailed as exc:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"the device server at {self.address} did not come up"
-                    ) from exc
-                time.sleep(0.2)
+                last = exc
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{self.address} did not answer in {timeout} s ({last})\n{self.log()}"
+                )
+            time.sleep(0.2)
+
+    def proxy(self, timeout: float = 60.0) -> Any:
+        """A ``DeviceProxy`` once the device answers a ping; ``RuntimeError`` otherwise."""
+        self.wait(timeout)
+        return self.device_proxy()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Terminate the server by its pid (kill if it does not end in time)."""
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        """Stop the server by its pid: SIGTERM, then SIGKILL if it has not ended in time."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=timeout)
+
+    @property
+    def running(self) -> bool:
+        """Whether the server process is still alive."""
+        return self.proc.poll() is None
 
 
 def serve_main(argv: Sequence[str] | None = None) -> int:

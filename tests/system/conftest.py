@@ -12,12 +12,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bluesky_ptycho.serve import ServerProcess
 from bluesky_ptycho.transport import ProxyProcess, free_port
 
 START_TIMEOUT = 60.0  # a cold server imports bluesky, ophyd and tango: 4 to 8 s when idle
@@ -51,60 +52,50 @@ def stop_pid(proc: subprocess.Popen[Any], timeout: float = STOP_TIMEOUT) -> None
 
 @dataclass
 class TangoServer:
-    """A ``bluesky-ptycho serve`` subprocess (``python -m bluesky_ptycho.serve``)."""
+    """A device server subprocess (:class:`bluesky_ptycho.serve.ServerProcess`) and its files."""
 
-    proc: subprocess.Popen[bytes]
-    port: int
-    device: str
+    process: ServerProcess
     db_file: Path
     output_dir: Path
-    log_file: Path
     instance: str = ""
-    argv: list[str] = field(default_factory=list)
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes]:
+        return self.process.proc
 
     @property
     def pid(self) -> int:
-        return self.proc.pid
+        return self.process.pid
+
+    @property
+    def port(self) -> int:
+        return self.process.port
+
+    @property
+    def device(self) -> str:
+        return self.process.device
 
     @property
     def address(self) -> str:
-        return f"tango://127.0.0.1:{self.port}/{self.device}#dbase=no"
+        return self.process.address
+
+    @property
+    def taurus_name(self) -> str:
+        return self.process.taurus_name
+
+    @property
+    def argv(self) -> list[str]:
+        return self.process.argv
 
     def log(self) -> str:
-        try:
-            return self.log_file.read_text(errors="replace")
-        except OSError:
-            return ""
+        return self.process.log()
 
     def proxy(self, timeout_ms: int = 10_000) -> Any:
-        import tango
-
-        dev = tango.DeviceProxy(self.address)
-        dev.set_timeout_millis(timeout_ms)
-        return dev
-
-
-def _wait_until_answering(server: TangoServer, timeout: float) -> None:
-    import tango
-
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        if server.proc.poll() is not None:
-            raise RuntimeError(
-                f"server exited with {server.proc.returncode} before answering:\n{server.log()}"
-            )
-        try:
-            server.proxy(timeout_ms=2000).ping()
-            return
-        except tango.DevFailed as exc:
-            last = exc
-        time.sleep(0.2)
-    raise TimeoutError(f"{server.address} not answering in {timeout} s ({last}):\n{server.log()}")
+        return self.process.device_proxy(timeout_ms)
 
 
 class ServerFactory:
-    """Starts ``bluesky-ptycho serve`` processes and stops all of them, by pid, at the end."""
+    """Starts device server processes and stops all of them, by pid, at the end."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -147,47 +138,36 @@ class ServerFactory:
         db_file: Path | None = None,
         output_dir: Path | None = None,
         instance: str = "",
+        tango_host: str | None = None,
         attempts: int = 3,
     ) -> TangoServer:
-        """Run ``python *argv(port)`` on a free port until it answers (retrying a lost port)."""
+        """Run ``python *argv(port)`` on a free port until it answers (retrying a lost port).
+
+        With ``tango_host`` the server runs with ``TANGO_HOST`` set and is addressed through
+        that database.
+        """
         if work is None:
             self._count += 1
             work = self.root / f"server{self._count}"
         work.mkdir(parents=True, exist_ok=True)
-        for attempt in range(attempts):
-            port = free_port()
-            args = [sys.executable, *argv(port)]
-            log_file = work / f"serve-{attempt}.log"
-            with log_file.open("wb") as log:
-                proc = subprocess.Popen(
-                    args,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env={**os.environ, "PYTHONFAULTHANDLER": "1"},  # SIGABRT dumps tracebacks
-                )
-            server = TangoServer(
-                proc,
-                port,
+        processes: list[ServerProcess] = []
+        try:
+            process = ServerProcess.start(
                 device,
-                db_file or work / "none.db",
-                output_dir or work,
-                log_file,
-                instance,
-                args,
+                attempts=attempts,
+                timeout=START_TIMEOUT,
+                started=processes,
+                command=argv,
+                tango_host=tango_host,
+                log_file=work / f"serve-{len(self.started)}.log",
+                env={"PYTHONFAULTHANDLER": "1"},  # SIGABRT dumps tracebacks
             )
-            self.started.append(server)
-            try:
-                _wait_until_answering(server, START_TIMEOUT)
-                return server
-            except RuntimeError:  # exited: retry only if it lost its port to someone else
-                stop_pid(proc)
-                if attempt == attempts - 1 or "port" not in server.log().lower():
-                    raise
-            except TimeoutError:
-                stop_pid(proc)
-                raise
-        raise AssertionError("unreachable")
+        finally:  # every try is recorded, so that stop_all ends (and checks) all of them
+            for p in processes:
+                self.started.append(
+                    TangoServer(p, db_file or work / "none.db", output_dir or work, instance)
+                )
+        return next(server for server in self.started if server.process is process)
 
     def stop(self, server: TangoServer) -> None:
         stop_pid(server.proc)
@@ -226,3 +206,79 @@ def tango_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerFa
         factory.stop_all()
     for server in factory.started:
         assert process_gone(server.pid)
+
+
+@dataclass
+class TangoDatabase:
+    """PyTango's own database server (``python -m tango.databaseds.database``), SQLite-backed."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    workdir: Path
+    log_file: Path
+
+    @property
+    def host(self) -> str:
+        """``HOST:PORT``, the value of ``TANGO_HOST`` for servers and clients."""
+        return f"127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        try:
+            return self.log_file.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def database(self) -> Any:
+        """A ``tango.Database`` client of this database."""
+        import tango
+
+        return tango.Database("127.0.0.1", self.port)
+
+
+def _start_database(work: Path, attempts: int = 3) -> TangoDatabase:
+    """Start the database server on a free loopback port and wait until it answers."""
+    import tango
+
+    for attempt in range(attempts):
+        port = free_port()
+        log_file = work / f"databaseds-{attempt}.log"
+        with log_file.open("wb") as log:
+            proc = subprocess.Popen(
+                [
+                    *(sys.executable, "-m", "tango.databaseds.database"),
+                    *("--host", "127.0.0.1", "--port", str(port), "2"),
+                ],
+                cwd=work,  # its SQLite file, tango_database.db, lands here
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        db = TangoDatabase(proc, port, work, log_file)
+        deadline = time.monotonic() + START_TIMEOUT
+        while proc.poll() is None and time.monotonic() < deadline:
+            if "Ready to accept request" in db.log():
+                try:
+                    db.database().get_info()
+                    return db
+                except tango.DevFailed:
+                    pass
+            time.sleep(0.2)
+        stop_pid(proc)
+        if attempt == attempts - 1 or "port" not in db.log().lower():
+            raise RuntimeError(f"the Tango database server did not come up:\n{db.log()}")
+    raise AssertionError("unreachable")
+
+
+@pytest.fixture(scope="module")
+def tango_database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TangoDatabase]:
+    """A real Tango database on a free loopback port, stopped by pid at the end of the module.
+
+    PyTango's database server keeps its tables in SQLite in a temporary directory; servers and
+    clients reach it with ``TANGO_HOST=db.host`` (or ``tango://db.host/...`` names).
+    """
+    db = _start_database(tmp_path_factory.mktemp("tango-db"))
+    try:
+        yield db
+    finally:
+        stop_pid(db.proc)
+    assert process_gone(db.proc.pid)
