@@ -87,6 +87,11 @@ class TangoServer:
     def argv(self) -> list[str]:
         return self.process.argv
 
+    @property
+    def log_file(self) -> Path:
+        assert self.process.log_file is not None
+        return self.process.log_file
+
     def log(self) -> str:
         return self.process.log()
 
