@@ -43,7 +43,15 @@ from bluesky_ptycho.engine.state import SIGNAL_FOUND, SIGNAL_NOT_FOUND
 from bluesky_ptycho.io.result import write_result
 from bluesky_ptycho.live import LiveOptions, LiveReconstruction, Snapshot
 
-from .logic import STEERABLE_PHASES, DeviceFacts, RunLine, evaluate, setpoints, status_text
+from .logic import (
+    STEERABLE_PHASES,
+    DeviceFacts,
+    RunLine,
+    evaluate,
+    keep_setpoints,
+    setpoints,
+    status_text,
+)
 from .views import (
     SIGNAL_OK_RATIO,
     RunInfo,
@@ -189,6 +197,10 @@ class PtychoReconstruction(Device):
         self._fault: str | None = None
         self._notes: deque[str] = deque(maxlen=_MAX_NOTES)
         self._pushes = 0
+        # set when the Init command re-initialises: Tango writes memorized values only at
+        # server start, so Init keeps the set-points in force (= the memorized ones)
+        previous = getattr(self, "_options", None)
+        previous_rate = float(getattr(self, "_replay_rate", 0.0))
         self._options = LiveOptions()
         try:
             from bluesky_ptycho.backend import get_backend
@@ -203,8 +215,10 @@ class PtychoReconstruction(Device):
             )
         except Exception as exc:  # a bad property must not keep the server from starting
             self._fail(f"bad device property: {type(exc).__name__}: {exc}")
+        if isinstance(previous, LiveOptions):
+            self._options = keep_setpoints(self._options, previous)
         self._period = float(self._options.publish_period_s)
-        self._replay_rate = 0.0
+        self._replay_rate = previous_rate
         self._callback = self._new_callback()
         self._show_setpoints()
         for name in EVENT_ATTRIBUTES:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bluesky_ptycho.engine.state import signal_verdict
 from bluesky_ptycho.live import LiveOptions
@@ -22,6 +22,7 @@ __all__ = [
     "DeviceFacts",
     "RunLine",
     "evaluate",
+    "keep_setpoints",
     "setpoints",
     "signal_text",
     "status_text",
@@ -251,3 +252,33 @@ def setpoints(options: LiveOptions, replay_rate: float) -> Mapping[str, int | fl
         "PublishPeriod": float(options.publish_period_s),
         "ReplayRate": float(replay_rate),
     }
+
+
+def keep_setpoints(options: LiveOptions, previous: LiveOptions) -> LiveOptions:
+    """``options`` (from the device properties) with the set-points in force in ``previous``.
+
+    Tango writes memorized values back into a device when its server starts, but not after the
+    ``Init`` command; the device keeps its set-points across ``Init`` with this, so that they
+    stay equal to the values memorized in the database.
+
+    Parameters
+    ----------
+    options : LiveOptions
+        The options ``Init`` built from the device properties.
+    previous : LiveOptions
+        The options in force before ``Init``.
+
+    Returns
+    -------
+    LiveOptions
+        ``options`` with ``alpha``, ``beta``, ``max_updates_per_pattern`` and
+        ``publish_period_s`` of ``previous``.
+    """
+    return replace(
+        options,
+        epie=replace(options.epie, alpha=previous.epie.alpha, beta=previous.epie.beta),
+        pacing=replace(
+            options.pacing, max_updates_per_pattern=previous.pacing.max_updates_per_pattern
+        ),
+        publish_period_s=previous.publish_period_s,
+    )

@@ -115,6 +115,9 @@ def test_registered_started_memorized_restarted_and_reached_by_taurus(
         assert attr.w_value == pytest.approx(value), name
     assert dev2.read_attribute("Beta").w_value == pytest.approx(1.0)  # never written: in force
     assert "alpha 0.7" in dev2.status() and "publish period 0.4 s" in dev2.status()
+    dev2.Init()  # re-reads the properties, keeps the set-points (equal to the memorized ones)
+    assert dev2.Alpha == pytest.approx(0.7) and dev2.read_attribute("Alpha").w_value == 0.7
+    assert "final passes 5" in dev2.status()
 
     taurus = pytest.importorskip("taurus", reason="Taurus is part of the test extra")
     name = f"tango://{tango_database.host}/{DEVICE}"

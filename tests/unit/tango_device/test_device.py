@@ -58,6 +58,19 @@ def test_a_write_becomes_the_value_and_the_set_point(dev: Any) -> None:
     dev.Beta = 1.0
 
 
+def test_init_keeps_the_set_points_in_force(dev: Any) -> None:
+    """Tango writes memorized values back only when the server starts, not after Init."""
+    dev.Alpha = 0.7
+    dev.IterationsPerBatch = 7
+    dev.Init()
+    for name, value in (("Alpha", 0.7), ("IterationsPerBatch", 7), ("Beta", 1.0)):
+        attr = dev.read_attribute(name)
+        assert attr.value == pytest.approx(value) and attr.w_value == pytest.approx(value), name
+    assert "final passes 3" in dev.status()  # the properties were read again
+    dev.Alpha = 1.0
+    dev.IterationsPerBatch = 20
+
+
 def test_pixel_size_is_unknown_before_a_run(dev: Any) -> None:
     pixel = np.asarray(dev.PixelSize)
     assert pixel.shape == (2,) and np.isnan(pixel).all()

@@ -10,6 +10,7 @@ from bluesky_ptycho.tango_device.logic import (
     DeviceFacts,
     RunLine,
     evaluate,
+    keep_setpoints,
     setpoints,
     signal_text,
     status_text,
@@ -110,3 +111,18 @@ def test_setpoints_are_the_options_in_force() -> None:
     assert values["IterationsPerBatch"] == opts.pacing.max_updates_per_pattern
     assert values["PublishPeriod"] == 0.25 and values["ReplayRate"] == 12.5
     assert all(v != 0 for k, v in values.items() if k != "ReplayRate")
+
+
+def test_keep_setpoints_takes_the_set_points_and_nothing_else() -> None:
+    from dataclasses import replace
+
+    before = LiveOptions(publish_period_s=0.4, final_passes=3)
+    before = replace(
+        before,
+        epie=replace(before.epie, alpha=0.7, beta=0.2),
+        pacing=replace(before.pacing, max_updates_per_pattern=7),
+    )
+    fresh = LiveOptions(publish_period_s=0.5, final_passes=9, backend="numpy")
+    kept = keep_setpoints(fresh, before)
+    assert setpoints(kept, 0.0) == setpoints(before, 0.0)
+    assert kept.final_passes == 9  # the properties' other options stay
