@@ -1,7 +1,7 @@
 """bluesky-ptycho: live ptychography (incremental ePIE) for Bluesky beamlines.
 
 The engine core (:mod:`bluesky_ptycho.engine`) knows nothing of Bluesky or Tango; see
-``docs/`` and ``DESIGN.md`` for the layers.
+``docs/explanation/architecture.md`` for the layers.
 """
 
 from bluesky_ptycho.engine import EPIE, EPIEOptions, ReconstructionState, reconstruct

@@ -3,7 +3,7 @@
 Pure NumPy functions, vectorised over stacks of frames; the same :class:`PreprocessConfig` is
 applied live (by the callback) and offline (replay, HDF5), so both see identical frames.
 
-Processing order (DESIGN.md, "Frame processing order"):
+Processing order (docs/explanation/architecture.md, "Frame processing order"):
 
 1. crop an ``N x N`` window so that the beam centre (zero spatial frequency on the raw frame,
    rounded to the nearest pixel, halves up) lands on pixel ``(N//2, N//2)``; pixels of the
@@ -120,12 +120,12 @@ class Orientation:
             object.__setattr__(self, key, _as_bool(getattr(self, key), key))
 
     def to_dict(self) -> dict[str, bool]:
-        """The DESIGN.md form ``{"transpose": ..., "flip_rows": ..., "flip_cols": ...}``."""
+        """The start-document form ``{"transpose": ..., "flip_rows": ..., "flip_cols": ...}``."""
         return {key: getattr(self, key) for key in _ORIENTATION_KEYS}
 
 
 def orientation_from_dict(d: Mapping[str, Any] | None) -> Orientation:
-    """Parse DESIGN.md's ``{"transpose": false, "flip_rows": false, "flip_cols": false}``.
+    """Parse the start document's ``{"transpose": false, "flip_rows": false, "flip_cols": false}``.
 
     Parameters
     ----------
@@ -583,7 +583,7 @@ class PreprocessConfig:
         saturation: float | None = None,
         mask_nonfinite: bool | None = None,
     ) -> PreprocessConfig:
-        """Build the config from the ``start["ptycho"]`` dict of DESIGN.md.
+        """Build the config from the ``start["ptycho"]`` dict (docs/reference/start-document.md).
 
         Reads ``crop``, ``beam_center_px``, ``orientation`` and ``mask``, plus the optional
         ``binning``, ``saturation`` and ``mask_nonfinite`` if present (keyword arguments

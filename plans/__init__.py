@@ -2,7 +2,7 @@
 
 Each plan moves a row-axis (``y``) and a column-axis (``x``) sample motor through a pattern of
 :mod:`bluesky_ptycho.patterns`, reads the detectors and motors at every point, and writes the
-``start["ptycho"]`` contract of DESIGN.md (:class:`bluesky_ptycho.setup.ScanSetup`) with the
+``start["ptycho"]`` contract (:class:`bluesky_ptycho.setup.ScanSetup`) with the
 absolute nominal positions in metres.
 
 Examples

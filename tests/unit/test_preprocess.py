@@ -35,7 +35,7 @@ def _ids(o: dict[str, bool]) -> str:
 
 
 def numpy_orient(frame: np.ndarray, transpose: bool, flip_rows: bool, flip_cols: bool):
-    """The DESIGN.md order written with plain NumPy calls on one 2-D frame."""
+    """The documented order (docs/explanation/architecture.md) in plain NumPy on one frame."""
     if transpose:
         frame = np.transpose(frame)
     if flip_rows:
