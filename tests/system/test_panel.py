@@ -17,6 +17,8 @@ import os
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -286,3 +288,34 @@ def test_save_stop_reset_and_replay_buttons_run_the_commands(
     assert pump(app, lambda: dev.RunPhase == "finished" and str(dev.state()) == "ON"), dev.status()
     assert pump(app, lambda: "ObjectPhase" in panel.images, timeout=10)
     assert panel.images["ObjectPhase"].shape == dev.ObjectPhase.shape
+
+
+def test_the_command_line_panel_saves_a_screenshot_headless(
+    server: TangoServer, tmp_path: Path
+) -> None:
+    """``bluesky-ptycho panel DEVICE --screenshot``: a separate process, no display."""
+    shot = tmp_path / "cli-panel.png"
+    # the address serve prints for Tango clients; the panel turns it into the Taurus form
+    address = f"tango://127.0.0.1:{server.port}/{server.device}#dbase=no"
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "bluesky_ptycho.cli", "panel", address),
+            *("--screenshot", str(shot), "--wait", "2"),
+        ],
+        env={**os.environ, "QT_QPA_PLATFORM": "offscreen"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    image = Qt.QImage(str(shot))
+    assert (image.width(), image.height()) == (1500, 1050)
+
+
+def test_the_panel_says_when_the_device_is_gone(
+    app: Any, panel: PtychoPanel, server: TangoServer, tango_servers: ServerFactory
+) -> None:
+    tango_servers.stop(server)
+    assert pump(app, lambda: panel.state_name == "UNKNOWN", timeout=30), panel.state_name
+    assert panel.status_text.toPlainText().startswith("cannot read")
+    assert not any(button.isEnabled() for button in panel.buttons.values())

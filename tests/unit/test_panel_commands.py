@@ -31,3 +31,15 @@ def test_a_bad_device_name_is_refused_before_qt_starts(capsys) -> None:
 
     assert main(["panel", "not-a-device"]) == 2
     assert "dom/fam/member" in capsys.readouterr().err
+
+
+def test_the_old_docs_launcher_forwards_to_the_panel() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    launcher = Path(__file__).resolve().parents[2] / "docs" / "taurus" / "ptycho_panel.py"
+    done = subprocess.run(
+        [sys.executable, str(launcher), "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and "bluesky-ptycho panel" in done.stdout
