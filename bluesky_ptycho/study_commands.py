@@ -123,9 +123,8 @@ def run_study_command(args: argparse.Namespace) -> int:
         print(f"\r{'':60s}")
     print(f"{'scheme':17s} {'final error':>11s} {'below 2x final at':>18s} {'seconds':>8s}")
     for name, run in result.runs.items():
-        print(
-            f"{name:17s} {run.final_error:11.4f} {first_fraction_below(run):17.0%} "
-            f"{run.seconds:8.1f}"
-        )
+        seen = first_fraction_below(run)
+        seen_text = "n/a" if seen != seen else f"{seen:.0%}"
+        print(f"{name:17s} {run.final_error:11.4f} {seen_text:>18s} {run.seconds:8.1f}")
     print(f"{time.perf_counter() - t0:.1f} s; wrote {paths['json']} and {paths['hdf5']}")
     return 0
