@@ -21,6 +21,16 @@ from typing import Any
 
 import event_model
 import numpy as np
+from event_model.documents import (
+    Datum,
+    Event,
+    EventDescriptor,
+    Resource,
+    RunStart,
+    RunStop,
+    StreamDatum,
+    StreamResource,
+)
 
 from bluesky_ptycho.engine.state import ReconstructionState
 from bluesky_ptycho.geometry import ObjectFrame
@@ -255,6 +265,7 @@ class PtychoCallback(event_model.DocumentRouter):
         probe: Any = None,
     ) -> None:
         super().__init__()
+        self.probe: ProbeInit | np.ndarray | None
         if probe is None or isinstance(probe, (ProbeInit, str, dict)):
             self.probe = None if probe is None else ProbeInit.parse(probe)
         else:
@@ -420,14 +431,15 @@ class PtychoCallback(event_model.DocumentRouter):
             logger.debug("rejected %s", text)
 
     # ----------------------------------------------------------------- documents
-    def start(self, doc: dict) -> None:
+    def start(self, doc: RunStart) -> None:
         if self._run is not None:
             self._close_run(self._run, "superseded: a new run started before its stop")
         self.assets.clear()
         uid = str(doc.get("uid", ""))
         try:
-            if START_KEY in doc:
-                setup = ScanSetup.from_start_doc(doc[START_KEY])
+            start: Mapping[str, Any] = doc  # start["ptycho"] is the contract's own key
+            if START_KEY in start:
+                setup = ScanSetup.from_start_doc(start[START_KEY])
             elif self.setup is not None:
                 setup = self.setup
             else:
@@ -472,7 +484,7 @@ class PtychoCallback(event_model.DocumentRouter):
             return read_result(start).state.probe
         return start
 
-    def descriptor(self, doc: dict) -> None:
+    def descriptor(self, doc: EventDescriptor) -> None:
         if doc.get("run_start") in self._ignored:
             self._ignored.add(doc.get("uid", ""))
             return
@@ -480,30 +492,31 @@ class PtychoCallback(event_model.DocumentRouter):
         if run is None:
             return
         run.descriptors[doc["uid"]] = doc
-        info = doc.get("data_keys", {}).get(run.setup.detector_key)
-        shape = [int(s) for s in (info or {}).get("shape", []) or []]
+        data_keys: Mapping[str, Any] = doc.get("data_keys") or {}
+        info: Mapping[str, Any] = data_keys.get(run.setup.detector_key) or {}
+        shape = [int(s) for s in info.get("shape") or []]
         while len(shape) > 2 and shape[0] == 1:
             shape = shape[1:]
         if len(shape) == 2:
             run.detector_shape = tuple(shape)
 
-    def event(self, doc: dict) -> None:
+    def event(self, doc: Event) -> Event:
         run = self._current(doc, "event")
         if run is None:
-            return
+            return doc
         descriptor = run.descriptors.get(doc.get("descriptor"))
         if descriptor is None:
             self._reject("event", doc, f"unknown descriptor {doc.get('descriptor')!r}")
-            return
+            return doc
         setup = run.setup
         data_keys = descriptor.get("data_keys", {})
         if setup.detector_key not in data_keys:
-            return  # another stream (baseline, monitors): not ours
+            return doc  # another stream (baseline, monitors): not ours
         data = doc.get("data", {})
         missing = [k for k in setup.position_keys if k not in data]
         if missing:
             self._reject("event", doc, f"position key(s) {missing} missing from event data")
-            return
+            return doc
         try:
             readbacks = [float(data[k]) for k in setup.position_keys]
         except (TypeError, ValueError):
@@ -512,7 +525,7 @@ class PtychoCallback(event_model.DocumentRouter):
                 doc,
                 f"position readbacks are not numbers: {[data[k] for k in setup.position_keys]!r}",
             )
-            return
+            return doc
         run.frames_received += 1
         key = setup.detector_key
         external = str(data_keys[key].get("external", ""))
@@ -529,25 +542,27 @@ class PtychoCallback(event_model.DocumentRouter):
             source = self.assets.locate_stream(doc["descriptor"], key, seq_num)
         else:
             self._reject("event", doc, f"detector key {key!r} missing from event data")
-            return
+            return doc
         with self._lock:
             run.frames_queued += 1
         self._jobs.put(("frame", run, _where("event", doc), seq_num, source, readbacks))
+        return doc
 
-    def resource(self, doc: dict) -> None:
+    def resource(self, doc: Resource) -> None:
         if doc.get("run_start") not in self._ignored:
             self.assets.add_resource(doc)
 
-    def datum(self, doc: dict) -> None:
+    def datum(self, doc: Datum) -> Datum:
         self.assets.add_datum(doc)
+        return doc
 
-    def stream_resource(self, doc: dict) -> None:
+    def stream_resource(self, doc: StreamResource) -> None:
         self.assets.add_stream_resource(doc)
 
-    def stream_datum(self, doc: dict) -> None:
+    def stream_datum(self, doc: StreamDatum) -> None:
         self.assets.add_stream_datum(doc)
 
-    def stop(self, doc: dict) -> None:
+    def stop(self, doc: RunStop) -> None:
         run = self._current(doc, "stop")
         if run is None:
             return
@@ -687,10 +702,12 @@ class PtychoCallback(event_model.DocumentRouter):
             run.done.set()
 
     def _save(self, run: _Run, state: ReconstructionState) -> Path:
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        output_dir = self.output_dir
+        assert output_dir is not None  # _save is called only with an output directory
+        output_dir.mkdir(parents=True, exist_ok=True)
         start = run.start_doc
         stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(start.get("time", time.time())))
-        path = self.output_dir / f"ptycho-{stamp}-{run.uid[:8]}.h5"
+        path = output_dir / f"ptycho-{stamp}-{run.uid[:8]}.h5"
         status = run.live.status
         metadata = {
             "run_uid": run.uid,

@@ -112,6 +112,7 @@ def _demo_live(args: argparse.Namespace) -> int:
     RE = RunEngine({}, context_managers=[_PauseOnCtrlC])
     beamline = make_beamline(mode="inline", seed=args.seed)
     preset = beamline.specimen.preset
+    assert preset is not None  # make_beamline() builds its specimen from a preset
     setup = beamline.setup()
     total = preset.n_rows * preset.n_rows
     print(
@@ -275,6 +276,7 @@ def _demo_tango(args: argparse.Namespace) -> int:
         RE = RunEngine({}, context_managers=[_PauseOnCtrlC])
         beamline = make_beamline(mode="inline", seed=args.seed)
         preset = beamline.specimen.preset
+        assert preset is not None  # make_beamline() builds its specimen from a preset
 
         def dwell(detectors, step, pos_cache):
             yield from bps.one_nd_step(detectors, step, pos_cache)

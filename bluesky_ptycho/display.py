@@ -101,7 +101,9 @@ class _Scale:
             )
         return cls(float(ps[0]) * 1e6, float(ps[1]) * 1e6, "µm")
 
-    def extent(self, shape: tuple[int, ...], centre: bool = False) -> tuple[float, ...]:
+    def extent(
+        self, shape: tuple[int, ...], centre: bool = False
+    ) -> tuple[float, float, float, float]:
         """imshow extent so that pixel ``i`` sits at coordinate ``i`` (minus N/2 if centred)."""
         h, w = shape[0], shape[1]
         r0 = -h / 2 if centre else 0.0
@@ -634,7 +636,7 @@ class LivePlot:
         self._figure.suptitle(f"{title}\n{summary(state)}" if title else summary(state))
 
     def _create(
-        self, images: dict[str, Any], extents: dict[str, tuple[float, ...]]
+        self, images: dict[str, Any], extents: dict[str, tuple[float, float, float, float]]
     ) -> _LiveArtists:
         fig = self._figure
         scale = self._scale

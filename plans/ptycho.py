@@ -30,6 +30,7 @@ from typing import Any
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 import numpy as np
+from bluesky.protocols import NamedMovable, Readable
 from bluesky.utils import Msg
 from numpy.typing import NDArray
 
@@ -54,6 +55,10 @@ __all__ = [
 
 Plan = Generator[Msg, Any, Any]
 """A bluesky plan: a generator of messages."""
+
+Motor = NamedMovable[Any]
+"""A sample stage: set (``bluesky.protocols.NamedMovable``) and read (``Readable``) at each
+point; its readback data key becomes one of ``position_keys``."""
 
 PerStep = Callable[..., Generator[Msg, Any, Any]]
 """``per_step(detectors, step, pos_cache)`` as in :func:`bluesky.plan_stubs.one_nd_step`."""
@@ -486,9 +491,9 @@ class _Request:
     """One checked plan invocation."""
 
     plan_name: str
-    detectors: list[Any]
-    y_motor: Any
-    x_motor: Any
+    detectors: list[Readable[Any]]
+    y_motor: Motor
+    x_motor: Motor
     pattern: _Pattern
     relative: bool
     setup: ScanSetup | Mapping[str, Any]
@@ -542,7 +547,7 @@ class _Request:
 def _current_position(motor: Any) -> Generator[Msg, Any, float]:
     """Where a relative scan is centred: the setpoint of a Locatable, else the readback."""
     if callable(getattr(motor, "locate", None)):
-        location = yield from bps.locate(motor)
+        location = yield from bps.locate(motor)  # type: ignore[misc,func-returns-value]
         value = 0.0 if location is None else location["setpoint"]
     else:
         value = yield from bps.rd(motor, default_value=0.0)
@@ -582,9 +587,9 @@ def _execute(request: _Request, points: NDArray[np.float64], md: dict[str, Any])
 
 def _plan(
     plan_name: str,
-    detectors: Sequence[Any],
-    x_motor: Any,
-    y_motor: Any,
+    detectors: Sequence[Readable[Any]],
+    x_motor: Motor,
+    y_motor: Motor,
     *,
     setup: ScanSetup | Mapping[str, Any],
     pattern: str,
@@ -662,9 +667,9 @@ def _plan(
 
 
 def ptycho_scan(
-    detectors: Sequence[Any],
-    x_motor: Any,
-    y_motor: Any,
+    detectors: Sequence[Readable[Any]],
+    x_motor: Motor,
+    y_motor: Motor,
     *,
     setup: ScanSetup | Mapping[str, Any],
     pattern: str = "spirangle",
@@ -780,9 +785,9 @@ def ptycho_scan(
 
 
 def rel_ptycho_scan(
-    detectors: Sequence[Any],
-    x_motor: Any,
-    y_motor: Any,
+    detectors: Sequence[Readable[Any]],
+    x_motor: Motor,
+    y_motor: Motor,
     *,
     setup: ScanSetup | Mapping[str, Any],
     pattern: str = "spirangle",
@@ -847,7 +852,9 @@ def _shortcut(name: str, pattern: str, *, relative: bool, summary: str) -> Calla
         parameters=[p for p in base_signature.parameters.values() if p.name != "pattern"]
     )
 
-    def plan(detectors: Sequence[Any], x_motor: Any, y_motor: Any, **kwargs: Any) -> Plan:
+    def plan(
+        detectors: Sequence[Readable[Any]], x_motor: Motor, y_motor: Motor, **kwargs: Any
+    ) -> Plan:
         bound = signature.bind(detectors, x_motor, y_motor, **kwargs)  # TypeError as for a def
         arguments = dict(bound.arguments)
         for key in ("detectors", "x_motor", "y_motor"):
