@@ -148,6 +148,11 @@ class DefocusEstimate:
         Neighbour pairs used.
     at_edge : bool
         The best shift lies at the edge of the searched range (no reliable estimate).
+    spread : float
+        How well the pairs' directions span the plane: the smaller eigenvalue of the mean
+        outer product of their unit displacement vectors (0: all along one line, 0.5:
+        evenly spread). Pairs along one line (the first line of a raster, the outer ring of
+        a spiral) cannot tell a shadow shift along stripes of the specimen from none.
     """
 
     curvature: float
@@ -155,12 +160,14 @@ class DefocusEstimate:
     score: float
     pairs: int
     at_edge: bool
+    spread: float = 0.5
 
     @property
     def reliable(self) -> bool:
         """Enough pairs, a clear peak, not at the edge of the search range."""
         return (
-            self.pairs >= 4
+            self.pairs >= 8
+            and self.spread >= 0.2
             and self.score >= 0.3
             and not self.at_edge
             and math.isfinite(self.curvature)
@@ -328,7 +335,7 @@ def estimate_defocus(
     n = f.shape[-1]
     if mean is None or disc is None:
         mean, disc = bright_field(f)
-    nan = DefocusEstimate(math.nan, math.nan, 0.0, 0, True)
+    nan = DefocusEstimate(math.nan, math.nan, 0.0, 0, True, 0.0)
     area = float(disc.sum())
     if area < 16 or len(pos) < 2:
         return nan
@@ -367,7 +374,10 @@ def estimate_defocus(
     if not ccs:
         return nan
     d = np.asarray(shifts)
-    dmax = float(np.max(np.hypot(d[:, 0], d[:, 1])))
+    lengths = np.hypot(d[:, 0], d[:, 1])
+    unit = d / lengths[:, None]
+    spread = float(np.linalg.eigvalsh(unit.T @ unit / len(unit))[0])
+    dmax = float(np.max(lengths))
     smax = rad / dmax
     candidates = np.linspace(-smax, smax, 801)
     score = np.zeros_like(candidates)
@@ -387,6 +397,7 @@ def estimate_defocus(
         score=float(score[k]),
         pairs=len(ccs),
         at_edge=at_edge,
+        spread=spread,
     )
 
 
@@ -468,6 +479,6 @@ def make_start_probe(
         fwhm = init.fwhm_px or fwhm_fraction * shape[0]
         return gaussian_start(shape, fwhm, counts), (
             f"gaussian, FWHM {fwhm:.1f} px (no reliable shadow-image defocus: score "
-            f"{est.score:.2f}, {est.pairs} pairs)"
+            f"{est.score:.2f}, {est.pairs} pairs, spread {est.spread:.2f})"
         )
     return probe, f"mean_pattern, in focus (no reliable defocus estimate, score {est.score:.2f})"
