@@ -30,6 +30,7 @@ __all__ = [
     "beam_centres",
     "colour_levels",
     "image_frame",
+    "log_ticks",
     "main",
     "taurus_device_name",
 ]
@@ -195,6 +196,37 @@ def colour_levels(image: Any) -> tuple[float, float]:
     if hi - lo <= 1e-12 * max(1.0, abs(hi)):
         return lo - 0.5, hi + 0.5
     return lo, hi
+
+
+def log_ticks(values: Any) -> list[float]:
+    """Tick values for a logarithmic axis over ``values``: 1, 2 and 5 times powers of ten.
+
+    Parameters
+    ----------
+    values : array_like
+        The plotted values; only finite positive ones count.
+
+    Returns
+    -------
+    list of float
+        The ticks within the values' range, plus the one just below and above it (empty when
+        there is no finite positive value).
+    """
+    data = np.asarray(values, dtype=np.float64).reshape(-1)
+    data = data[np.isfinite(data) & (data > 0)]
+    if data.size == 0:
+        return []
+    lo, hi = float(data.min()), float(data.max())
+    ticks = [
+        m * 10.0**k
+        for k in range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1)
+        for m in (1.0, 2.0, 5.0)
+    ]
+    below = [t for t in ticks if t <= lo]
+    above = [t for t in ticks if t >= hi]
+    start = below[-1] if below else ticks[0]
+    stop = above[0] if above else ticks[-1]
+    return [float(f"{t:.3g}") for t in ticks if start <= t <= stop]
 
 
 @dataclass

@@ -39,6 +39,7 @@ from . import (
     beam_centres,
     colour_levels,
     image_frame,
+    log_ticks,
 )
 
 __all__ = ["IMAGES", "READOUTS", "SETPOINTS", "PtychoPanel", "run_panel"]
@@ -327,6 +328,10 @@ class PtychoPanel(Qt.QWidget):
         )
         keep = np.isfinite(history) & (history > 0)
         self.error_curve.setData(np.flatnonzero(keep), history[keep])
+        # ticks at 1, 2, 5 x 10^k: pyqtgraph's own labels overlap within a decade
+        self.error_plot.getAxis("left").setTicks(
+            [[(math.log10(t), f"{t:g}") for t in log_ticks(history[keep])], []]
+        )
         ratio = values["ValidationRatio"]
         self.trace.add(
             str(values["ScanUid"] or ""),
@@ -410,6 +415,18 @@ class PtychoPanel(Qt.QWidget):
         )
         return answer == Qt.QMessageBox.Yes
 
+    def shutdown(self) -> None:
+        """Stop refreshing and detach every Taurus widget from the device.
+
+        Call it before the application ends: Tango events or Taurus polls arriving for
+        widgets Qt is destroying can crash the interpreter at exit.
+        """
+        self.timer.stop()
+        for form in (self.run_form, self.setpoint_form):
+            form.setModel([])
+        for widget in (self.ratio_label, self.signal_led):
+            widget.setModel("")
+
     def save_png(self, path: str | os.PathLike[str]) -> bool:
         """Render the panel into a PNG file (works offscreen); True when written."""
         return bool(self.grab().save(os.fspath(path)))
@@ -461,4 +478,8 @@ def run_panel(
 
         Qt.QTimer.singleShot(int(wait_s * 1000), grab)
     code = int(app.exec_())
+    panel.shutdown()
+    panel.close()
+    panel.deleteLater()
+    app.processEvents()
     return 1 if failed else code

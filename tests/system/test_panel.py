@@ -111,7 +111,7 @@ def panel(app: Any, server: TangoServer) -> Iterator[PtychoPanel]:
     widget.confirmations = confirmations  # type: ignore[attr-defined]
     widget.show()
     yield widget
-    widget.timer.stop()
+    widget.shutdown()
     widget.close()
     widget.deleteLater()
     spin()

@@ -15,6 +15,7 @@ from bluesky_ptycho.panel import (
     beam_centres,
     colour_levels,
     image_frame,
+    log_ticks,
     taurus_device_name,
 )
 
@@ -96,3 +97,10 @@ def test_ratio_trace_restarts_for_a_new_run_and_skips_nan() -> None:
     assert trace.uid == "b" and trace.times == [0.0] and trace.ratios == [0.8]
     trace.add("", 21.0, 0.5)  # no run shown (after Reset): nothing to trace
     assert trace.ratios == []
+
+
+def test_log_ticks_are_one_two_five_and_bracket_the_values() -> None:
+    assert log_ticks([0.0026, 0.03]) == [0.002, 0.005, 0.01, 0.02, 0.05]
+    assert log_ticks([3.0]) == [2.0, 5.0]
+    assert log_ticks([1.0, 1.0]) == [1.0]
+    assert log_ticks([np.nan, -1.0, 0.0]) == []
