@@ -74,6 +74,11 @@ def add_parsers(sub: Any) -> None:
     rec.add_argument("--seed", type=int, default=0)
     rec.add_argument("--quiet", action="store_true")
     rec.add_argument(
+        "--figure",
+        default=None,
+        help="write the final figure here (default: beside --output, as .png)",
+    )
+    rec.add_argument(
         "--parallel",
         choices=("sequential", "synchronous", "averaging"),
         default="sequential",
@@ -290,6 +295,7 @@ def run_reconstruct(args: argparse.Namespace) -> int:
             return 2
         rank = MPI.COMM_WORLD.Get_rank()
     quiet = args.quiet or rank != 0
+    bar = None
     try:
         scan = read_scan(args.scan, positions=args.positions)
         resume = read_result(args.resume) if args.resume else None
@@ -300,9 +306,16 @@ def run_reconstruct(args: argparse.Namespace) -> int:
         )
         kwargs = {"crop": args.crop} if args.crop else {}
 
+        bar = None
+        if not quiet:
+            from tqdm import tqdm
+
+            bar = tqdm(total=args.passes, unit="pass", desc="reconstruct")
+
         def progress(iteration: int, error: float) -> None:
-            if not quiet:
-                print(f"\rpass {iteration:4d}: Fourier error {error:.4f}", end="", flush=True)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(fourier_error=f"{error:.4f}", refresh=False)
 
         t0 = time.perf_counter()
         out = reconstruct_scan(
@@ -319,13 +332,25 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"reconstruct: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if bar is not None:
+            bar.close()
     if rank != 0:
         return 0
     state = out.state
     print(
-        f"\n{state.n_patterns} patterns, passes {out.resumed_from} -> {state.iteration} in "
+        f"{state.n_patterns} patterns, passes {out.resumed_from} -> {state.iteration} in "
         f"{time.perf_counter() - t0:.1f} s; Fourier error {state.latest_error:.4f}"
     )
+    figure = args.figure or (str(Path(args.output).with_suffix(".png")) if args.output else None)
+    if figure:
+        from bluesky_ptycho.display import result_figure, save_figure
+
+        pixel = out.setup.geometry().pixel_size_m
+        fig = result_figure(
+            state, pixel_size_m=pixel, title=f"{args.scan}: {state.iteration} passes"
+        )
+        print(f"figure: {save_figure(fig, figure)}")
     if args.output:
         metadata: dict[str, Any] = {"source": str(args.scan)}
         if resume is not None:

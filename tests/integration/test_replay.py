@@ -748,6 +748,10 @@ def test_reconstruct_resumes_from_a_result_file(small_dataset, cxi_file, tmp_pat
     assert main(["reconstruct", str(cxi_file), "--passes", "12", "--output", str(straight)]) == 0
     a, b, c = (read_result(p) for p in (first, resumed, straight))
     assert validate_nxcxi_ptycho(resumed) == []
+    # the final figure beside each result
+    for path in (first, resumed, straight):
+        png = path.with_suffix(".png")
+        assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
     assert b.metadata["resumed_from"] == str(first)
     assert (a.state.iteration, b.state.iteration, c.state.iteration) == (6, 12, 12)
     # the history continues: the first six passes are the first file's
