@@ -411,6 +411,7 @@ class Geometry:
             raise ValueError("give exactly one of nominal_positions_m and extent_m")
         if extent_m is not None:
             return self.object_frame_from_extent(extent_m, margin_px=margin_px)
+        assert nominal_positions_m is not None  # exactly one of the two is given
         pos = _positions_array("nominal_positions_m", nominal_positions_m)
         pos = pos.reshape(-1, 2)
         if pos.shape[0] == 0:

@@ -335,7 +335,7 @@ def bin_frames(frames: np.ndarray, b: int) -> np.ndarray:
         raise ValueError(f"binning {b} does not divide the frame shape {(n0, n1)}")
     blocks = a.reshape(*a.shape[:-2], n0 // b, b, n1 // b, b)
     if a.dtype == np.bool_:
-        return blocks.any(axis=(-3, -1))
+        return np.asarray(blocks.any(axis=(-3, -1)))
     return blocks.sum(axis=(-3, -1), dtype=a.dtype if a.dtype.kind == "f" else None)
 
 

@@ -438,7 +438,7 @@ def make_start_probe(
     counts = _counts(f)
     curvature = init.curvature
     if curvature is None and init.defocus_m is not None:
-        if None in (wavelength_m, detector_distance_m, detector_pixel_m):
+        if wavelength_m is None or detector_distance_m is None or detector_pixel_m is None:
             raise ValueError("probe_init defocus_m needs the energy and detector geometry")
         curvature = curvature_from_defocus(
             init.defocus_m, wavelength_m, detector_distance_m, detector_pixel_m

@@ -135,7 +135,8 @@ def _default(obj: Any) -> Any:
         return dict(obj)
     for base in (bool, int, float, str, bytes):  # e.g. IntEnum, str subclasses
         if isinstance(obj, base):
-            return base(obj)
+            convert: Callable[[Any], Any] = base
+            return convert(obj)
     if isinstance(obj, (bytearray, memoryview)):
         return bytes(obj)
     raise TypeError(f"cannot serialize object of type {type(obj).__name__}: {obj!r:.200}")

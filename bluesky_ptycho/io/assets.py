@@ -157,9 +157,9 @@ class AssetRegistry:
         self._stream_resources[doc["uid"]] = doc
 
     def add_stream_datum(self, doc: Mapping[str, Any]) -> None:
-        for key in ("stream_resource", "descriptor", "indices", "seq_nums"):
-            if key not in doc:
-                raise AssetError(f"stream_datum document lacks {key!r}")
+        for name in ("stream_resource", "descriptor", "indices", "seq_nums"):
+            if name not in doc:
+                raise AssetError(f"stream_datum document lacks {name!r}")
         resource = self._stream_resources.get(doc["stream_resource"])
         if resource is None:
             raise AssetError(

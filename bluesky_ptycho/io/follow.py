@@ -779,7 +779,7 @@ class Follower:
         if end < 0:
             return  # no complete line yet
         self._positions_offset += end + 1
-        rows = []
+        rows: list[list[float]] = []
         for raw in chunk[: end + 1].decode(errors="replace").splitlines():
             self._positions_line += 1
             line = raw.split("#", 1)[0].strip()

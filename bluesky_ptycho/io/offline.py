@@ -101,11 +101,12 @@ def reconstruct_scan(
     config = setup.preprocess_config(raw_shape=scan.frame_shape)
     state = resume.state if isinstance(resume, ResultFile) else resume
     if state is not None:
-        obj, probe = np.shape(state.object), np.shape(state.probe)
-        if obj != tuple(frame.object_shape) or probe != (size, size):
+        obj_shape, probe_shape = np.shape(state.object), np.shape(state.probe)
+        if obj_shape != tuple(frame.object_shape) or probe_shape != (size, size):
             raise ValueError(
-                f"cannot resume: the result has object {obj} and probe {probe}, this scan's "
-                f"setup gives object {tuple(frame.object_shape)} and probe {(size, size)} "
+                f"cannot resume: the result has object {obj_shape} and probe {probe_shape}, "
+                f"this scan's setup gives object {tuple(frame.object_shape)} and probe "
+                f"{(size, size)} "
                 "(same crop and nominal scan needed)"
             )
     probe = setup.start_probe() if state is None else state.probe

@@ -427,6 +427,7 @@ def _experiment(
     arrays: Mapping[str, np.ndarray],
     pixel_size: tuple[float, float] | None,
 ) -> _Experiment:
+    translation: np.ndarray | None
     if scan is not None:
         beam = scan.positions_m
         translation = np.stack([-beam[:, 1], -beam[:, 0], np.zeros(len(beam))], axis=1)
