@@ -320,3 +320,16 @@ def test_status_says_when_frames_are_still_being_processed(small_dataset, setup)
     st = cb.status
     assert st.finished and st.frames_pending == 0 and st.frames_used == 6
     assert st.message.endswith("6/6 frames used; finished")
+
+
+def test_a_user_setup_without_the_nominal_scan_ignores_the_run_and_says_why(small_dataset, setup):
+    from dataclasses import replace
+
+    bare = replace(setup, nominal_positions_m=None, extent_m=None)
+    cb = PtychoCallback(bare, options=FAST)
+    run = _Run(cb)  # a plan that writes no start["ptycho"]
+    _feed(run, small_dataset, range(3))
+    run.stop()
+    st = cb.status
+    assert st.runs == 0 and st.rejected == 1
+    assert "run ignored" in st.reasons[0] and "nominal_positions_m or extent_m" in st.reasons[0]
