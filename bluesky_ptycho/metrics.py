@@ -134,7 +134,10 @@ def _peak_position(
     """
     n0, n1 = spectrum.shape
     if freqs is None:
-        freqs = (np.fft.fftfreq(n0), np.fft.fftfreq(n1))
+        freqs = (
+            np.fft.fftfreq(n0).astype(np.float64, copy=False),
+            np.fft.fftfreq(n1).astype(np.float64, copy=False),
+        )
     coarse = np.abs(np.fft.ifft2(spectrum))
     i0, i1 = np.unravel_index(int(np.argmax(coarse)), coarse.shape)
     p0 = float(i0 - n0 if i0 > n0 // 2 else i0)
@@ -156,9 +159,9 @@ def _prepare_for_registration(
     a: NDArray[Any], weight: NDArray[np.float64]
 ) -> NDArray[np.complex128]:
     """Remove the weighted mean (the flat background carries no position) and window."""
-    a = a.astype(np.complex128)
-    mean = np.sum(a * weight) / np.sum(weight)
-    return (a - mean) * weight
+    c = a.astype(np.complex128)
+    mean = np.sum(c * weight) / np.sum(weight)
+    return np.asarray((c - mean) * weight, dtype=np.complex128)
 
 
 # --------------------------------------------------------------------------------------------
