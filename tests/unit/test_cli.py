@@ -99,7 +99,7 @@ def test_ctrl_c_in_the_live_demo_aborts_the_scan_in_one_line(tmp_path: Path) -> 
     proc = subprocess.Popen(
         [
             *(sys.executable, "-m", "bluesky_ptycho.cli", "demo", "--quiet"),
-            *("--dwell", "0.2", "--output", str(tmp_path)),
+            *("--dwell", "0.3", "--output", str(tmp_path)),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -110,7 +110,7 @@ def test_ctrl_c_in_the_live_demo_aborts_the_scan_in_one_line(tmp_path: Path) -> 
         assert proc.stdout is not None
         first = proc.stdout.readline()  # the scan is about to start
         assert first.startswith("simulated beamline"), first
-        time.sleep(3.0)
+        time.sleep(5.0)  # well into the 81 x 0.3 s scan, even on a loaded machine
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     finally:
