@@ -52,3 +52,10 @@ def test_nothing_refers_to_a_design_document_outside_the_repository() -> None:
         if "DESIGN.md" in (ROOT / name).read_text():
             hits.append(name)
     assert not hits, f"DESIGN.md is not in the repository; these refer to it: {hits}"
+
+
+def test_every_decision_record_is_listed_in_the_decisions_index() -> None:
+    folder = ROOT / "docs" / "decisions"
+    listed = set(_links((folder / "index.md").read_text()))
+    missing = sorted(p.name for p in folder.glob("0*.md") if p.name not in listed)
+    assert not missing, f"docs/decisions/index.md does not list {missing}"
