@@ -27,7 +27,7 @@ def dev() -> Iterator[Any]:
         PtychoReconstruction,
         properties={"PublishPeriod": 0.25, "FinalPasses": 3},
         process=True,
-        timeout=30,
+        timeout=90,  # also the wait for the process to exit after Kill (a loaded CI machine)
     ) as proxy:
         yield proxy
 
