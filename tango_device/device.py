@@ -691,7 +691,7 @@ class PtychoReconstruction(Device):
         return self._view.phase
 
     # ------------------------------------------------------------------ steering attributes
-    @attribute(
+    IterationsPerBatch = attribute(
         dtype=int,
         access=AttrWriteType.READ_WRITE,
         memorized=True,
@@ -706,18 +706,18 @@ class PtychoReconstruction(Device):
         "The default 'batch' policy does not use it. Applies to the running and the next "
         "runs; 1..1000.",
     )
-    def IterationsPerBatch(self) -> int:
+
+    def read_IterationsPerBatch(self) -> int:
         return int(self._callback.options.pacing.max_updates_per_pattern)
 
-    @IterationsPerBatch.write
-    def IterationsPerBatch(self, value: int) -> None:
+    def write_IterationsPerBatch(self, value: int) -> None:
         opts = self._callback.options
         pacing = self._checked(
             "IterationsPerBatch", lambda: replace(opts.pacing, max_updates_per_pattern=int(value))
         )
         self._steer(replace(opts, pacing=pacing), pacing=pacing)
 
-    @attribute(
+    Alpha = attribute(
         dtype=float,
         access=AttrWriteType.READ_WRITE,
         memorized=True,
@@ -730,16 +730,16 @@ class PtychoReconstruction(Device):
         description="ePIE object update strength, 0.001..2 (1 as in the study). Applies to the "
         "running and the next runs.",
     )
-    def Alpha(self) -> float:
+
+    def read_Alpha(self) -> float:
         return float(self._callback.options.epie.alpha)
 
-    @Alpha.write
-    def Alpha(self, value: float) -> None:
+    def write_Alpha(self, value: float) -> None:
         opts = self._callback.options
         epie = self._checked("Alpha", lambda: replace(opts.epie, alpha=float(value)))
         self._steer(replace(opts, epie=epie), epie=epie)
 
-    @attribute(
+    Beta = attribute(
         dtype=float,
         access=AttrWriteType.READ_WRITE,
         memorized=True,
@@ -752,16 +752,16 @@ class PtychoReconstruction(Device):
         description="ePIE probe update strength, 0..2 (0 keeps the probe fixed). Applies to "
         "the running and the next runs.",
     )
-    def Beta(self) -> float:
+
+    def read_Beta(self) -> float:
         return float(self._callback.options.epie.beta)
 
-    @Beta.write
-    def Beta(self, value: float) -> None:
+    def write_Beta(self, value: float) -> None:
         opts = self._callback.options
         epie = self._checked("Beta", lambda: replace(opts.epie, beta=float(value)))
         self._steer(replace(opts, epie=epie), epie=epie)
 
-    @attribute(
+    ReplayRate = attribute(
         dtype=float,
         access=AttrWriteType.READ_WRITE,
         memorized=True,
@@ -775,11 +775,11 @@ class PtychoReconstruction(Device):
         "pipeline, so that it can be watched as it happened; 0 (default): as fast as possible. "
         "Applies to the next Replay.",
     )
-    def ReplayRate(self) -> float:
+
+    def read_ReplayRate(self) -> float:
         return float(self._replay_rate)
 
-    @ReplayRate.write
-    def ReplayRate(self, value: float) -> None:
+    def write_ReplayRate(self, value: float) -> None:
         self._replay_rate = float(value)
 
     # the Python name differs from the Tango name: PublishPeriod is also a device property
@@ -928,6 +928,7 @@ class PtychoReconstruction(Device):
         live = self._callback.live
         if live is None:
             _refuse("PTYCHO_NoData", "Save refused: there is no reconstruction to save", origin)
+        assert live is not None  # _refuse raised
         if target.exists():
             _refuse(
                 "PTYCHO_PathRefused",

@@ -116,7 +116,11 @@ class EPIEOptions:
     @classmethod
     def study(cls, **changes: Any) -> EPIEOptions:
         """The study's plain ePIE: alpha = beta = 1 and no convergence aid."""
-        base = {"probe_power": False, "probe_centre": False, "object_amplitude_max": None}
+        base: dict[str, Any] = {
+            "probe_power": False,
+            "probe_centre": False,
+            "object_amplitude_max": None,
+        }
         base.update(changes)
         return cls(**base)
 
@@ -880,6 +884,7 @@ class EPIE:
         self._object = self._asarray(obj, xp.complex64)
         if self._probe_shape is None:
             self._set_probe_shape(tuple(probe.shape))
+            assert self._probe_shape is not None
             self._store = PatternStore(self._be, self._probe_shape)
         self._probe = self._asarray(probe, xp.complex64)
         self._iteration = int(state.iteration)
@@ -906,6 +911,7 @@ class EPIE:
             raise ValueError("probe contains NaN or infinite values")
         if self._probe_shape is None:
             self._set_probe_shape(tuple(p.shape))
+            assert self._probe_shape is not None
             self._store = PatternStore(self._be, self._probe_shape)
         self._probe = self._asarray(p, self._be.xp.complex64)
         self._kernel = None

@@ -127,7 +127,7 @@ class ArrayAPIKernel(_Kernel):
         scales = store.scales
         eps_all = absolute_eps(store, indices, step.eps)
         rpie = step.rpie_alpha is not None
-        gamma = float(step.rpie_alpha) if rpie else 1.0
+        gamma = float(step.rpie_alpha) if step.rpie_alpha is not None else 1.0
         update_probe = step.update_probe
         errors = []
         for k, j in enumerate(indices.tolist()):

@@ -21,7 +21,7 @@ import itertools
 import multiprocessing as mp
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing import shared_memory
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 
@@ -238,7 +238,10 @@ def _run_slice(
     eps: float,
 ) -> np.ndarray:
     idx = shared["batch"].array[start:stop].copy()
-    part = kernel.contributions(shared["object"].array, shared["probe"].array, patterns, idx, eps)
+    # _SharedPatterns has every PatternStore member that contributions reads (frame_shape,
+    # corners, scales, sums, masked, codes)
+    store = cast(PatternStore, patterns)
+    part = kernel.contributions(shared["object"].array, shared["probe"].array, store, idx, eps)
     k = len(part)
     shared["object_num"].array[offset : offset + k] = part.object_num
     shared["probe_num"].array[offset : offset + k] = part.probe_num
@@ -266,7 +269,9 @@ class ProcessWorkers:
         if size < 1:
             raise ValueError(f"size must be >= 1, got {size!r}")
         self.size = int(size)
-        ctx = mp.get_context(start_method)
+        # get_context(str) is typed as BaseContext, which has no Process; the concrete
+        # context it returns has
+        ctx: Any = mp.get_context(start_method)
         self._conns: list[Any] = []
         self._procs: list[Any] = []
         for _ in range(self.size - 1):

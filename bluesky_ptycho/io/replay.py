@@ -27,7 +27,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import event_model
 import numpy as np
@@ -220,8 +220,9 @@ def _documents(
     chunk: int,
     as_pages: bool,
 ) -> Iterator[tuple[str, dict[str, Any]]]:
+    # the documents are event-model TypedDicts; this generator hands them on as plain dicts
     run = event_model.compose_run(metadata=start_md)
-    yield "start", run.start_doc
+    yield "start", cast("dict[str, Any]", run.start_doc)
     key = setup.detector_key
     ky, kx = setup.position_keys
     source = f"{_SOURCE}:{scan.metadata.get('format', 'scan')}"
@@ -239,42 +240,40 @@ def _documents(
         data_keys={key: frame_key, ky: dict(position_key), kx: dict(position_key)},
         object_keys={key: [key], ky: [ky], kx: [kx]},
     )
-    yield "descriptor", bundle.descriptor_doc
+    yield "descriptor", cast("dict[str, Any]", bundle.descriptor_doc)
     readbacks = scan.positions_m / setup.position_scale_m
     for start, frames in scan.iter_frames(chunk):
         stop = start + len(frames)
         now = time.time()
         if as_pages:
             k = stop - start
-            yield (
-                "event_page",
-                bundle.compose_event_page(
-                    data={
-                        key: frames,
-                        ky: readbacks[start:stop, 0].tolist(),
-                        kx: readbacks[start:stop, 1].tolist(),
-                    },
-                    timestamps={key: [now] * k, ky: [now] * k, kx: [now] * k},
-                    seq_num=list(range(start + 1, stop + 1)),
-                    time=[now] * k,
-                ),
+            # the frames go in as one array, not a list of frames
+            page_data: dict[str, Any] = {
+                key: frames,
+                ky: readbacks[start:stop, 0].tolist(),
+                kx: readbacks[start:stop, 1].tolist(),
+            }
+            page = bundle.compose_event_page(
+                data=page_data,
+                timestamps={key: [now] * k, ky: [now] * k, kx: [now] * k},
+                seq_num=list(range(start + 1, stop + 1)),
+                time=[now] * k,
             )
+            yield "event_page", cast("dict[str, Any]", page)
         else:
             for i in range(start, stop):
-                yield (
-                    "event",
-                    bundle.compose_event(
-                        data={
-                            key: frames[i - start],
-                            ky: float(readbacks[i, 0]),
-                            kx: float(readbacks[i, 1]),
-                        },
-                        timestamps={key: now, ky: now, kx: now},
-                        seq_num=i + 1,
-                        time=now,
-                    ),
+                event = bundle.compose_event(
+                    data={
+                        key: frames[i - start],
+                        ky: float(readbacks[i, 0]),
+                        kx: float(readbacks[i, 1]),
+                    },
+                    timestamps={key: now, ky: now, kx: now},
+                    seq_num=i + 1,
+                    time=now,
                 )
-    yield "stop", run.compose_stop(exit_status="success")
+                yield "event", cast("dict[str, Any]", event)
+    yield "stop", cast("dict[str, Any]", run.compose_stop(exit_status="success"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -473,7 +472,9 @@ def paced(
     k = 0
     for name, doc in docs:
         if name == "event_page":
-            events: Iterable[dict[str, Any]] = event_model.unpack_event_page(doc)
+            events: Iterable[dict[str, Any]] = event_model.unpack_event_page(
+                cast("event_model.EventPage", doc)
+            )
         elif name == "event":
             events = (doc,)
         else:

@@ -117,7 +117,7 @@ class ImageFrame:
 
 
 def image_frame(
-    shape: Sequence[int], pixel_size_m: Sequence[float], *, centred: bool = False
+    shape: Sequence[int], pixel_size_m: Sequence[float] | np.ndarray, *, centred: bool = False
 ) -> ImageFrame:
     """The rectangle of an image of ``shape`` with pixels of ``pixel_size_m``, in µm.
 

@@ -15,7 +15,7 @@ import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -115,7 +115,7 @@ class StudyData:
         return cls(
             dataset.intensities,
             dataset.positions_px,
-            tuple(dataset.frame.object_shape),
+            cast("tuple[int, int]", tuple(dataset.frame.object_shape)),
             name=name,
             truth=dataset.object,
             pixel_size_m=float(dataset.geometry.pixel_size_m[0]),
@@ -200,13 +200,13 @@ class StudyData:
             positions.append(frame.to_pixels(scan.positions_m[start : start + len(raw)]))
             if out.mask is not None:
                 m = np.asarray(out.mask, dtype=bool)
-                m = m if m.ndim == 2 else m.any(axis=0)
+                m = m if m.ndim == 2 else np.asarray(m.any(axis=0), dtype=bool)
                 mask = m if mask is None else (mask | m)
         geometry = setup.geometry()
         return cls(
             np.concatenate(frames),
             np.concatenate(positions),
-            tuple(frame.object_shape),
+            cast("tuple[int, int]", tuple(frame.object_shape)),
             name=Path(path).name,
             mask=mask,
             pixel_size_m=float(geometry.pixel_size_m[0]),
