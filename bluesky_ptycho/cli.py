@@ -679,6 +679,23 @@ def missing_extra_message(command: str, exc: ModuleNotFoundError) -> str | None:
     )
 
 
+def tango_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``bluesky-ptycho-tango`` console script (the Tango server command).
+
+    Runs :func:`bluesky_ptycho.tango_device.main`; without the ``tango`` extra it says so in
+    one line and returns 2 instead of a bare ``ModuleNotFoundError``.
+    """
+    try:
+        from bluesky_ptycho.tango_device import main as server_main
+    except ModuleNotFoundError as exc:
+        message = missing_extra_message("bluesky-ptycho-tango", exc)
+        if message is None:
+            raise
+        print(message, file=sys.stderr)
+        return 2
+    return server_main(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``bluesky-ptycho`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -86,6 +86,20 @@ def test_a_missing_extra_is_named_in_one_line(module, args, extra, tmp_path) -> 
     assert lines[0].startswith(f"bluesky-ptycho {args[0]}")
 
 
+def test_the_tango_server_command_names_the_missing_extra() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['tango'] = None\n"
+        "from bluesky_ptycho.cli import tango_main\n"
+        "sys.exit(tango_main(['test']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert lines[0].startswith("bluesky-ptycho-tango needs the 'tango' extra")
+
+
 def test_an_unrelated_missing_module_is_not_disguised() -> None:
     exc = ModuleNotFoundError("No module named 'nonesuch'", name="nonesuch")
     assert cli.missing_extra_message("bluesky-ptycho demo", exc) is None
