@@ -44,6 +44,7 @@ __all__ = [
     "apply_orientation",
     "bin_frames",
     "crop_centered",
+    "detector_flag",
     "is_power_of_two",
     "orientation_from_dict",
     "oriented_beam_center",
@@ -413,6 +414,11 @@ class PreprocessConfig:
         Counts at or above this value are masked, frame by frame.
     mask_nonfinite : bool
         Mask NaN/inf pixels (True), or replace them by 0 unmasked (False).
+    mask_flags : bool
+        Mask detector flag values (True, default): in integer frames of 16 bits or more, the
+        largest value of the dtype (65535 in uint16, 2**32-1 in uint32, 2**31-1 in int32...),
+        which Eiger and other photon-counting detectors write for bad or dead pixels; a
+        single such pixel among ordinary counts would otherwise dominate its pattern.
     """
 
     crop: int | None = None
@@ -424,6 +430,7 @@ class PreprocessConfig:
     mask: np.ndarray | None = field(default=None, repr=False)
     saturation: float | None = None
     mask_nonfinite: bool = True
+    mask_flags: bool = True
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -467,6 +474,7 @@ class PreprocessConfig:
                 raise ValueError(f"saturation must be finite and positive, got {s!r}")
             set_(self, "saturation", float(s))
         set_(self, "mask_nonfinite", _as_bool(self.mask_nonfinite, "mask_nonfinite"))
+        set_(self, "mask_flags", _as_bool(self.mask_flags, "mask_flags"))
 
     # -- identity ---------------------------------------------------------------------------
     def _key(self) -> tuple[Any, ...]:
@@ -482,6 +490,7 @@ class PreprocessConfig:
             mkey,
             self.saturation,
             self.mask_nonfinite,
+            self.mask_flags,
         )
 
     def __eq__(self, other: object) -> bool:
@@ -665,6 +674,18 @@ class PreprocessedFrames:
         return to_amplitude(self.intensities)
 
 
+def detector_flag(dtype: Any) -> int | None:
+    """The value photon-counting detectors write for bad pixels in frames of ``dtype``.
+
+    The largest value of integer dtypes of 16 bits or more (65535, 2**32-1, 2**31-1, ...);
+    None for floating-point and 8-bit frames.
+    """
+    dt = np.dtype(dtype)
+    if dt.kind not in "iu" or dt.itemsize < 2:
+        return None
+    return int(np.iinfo(dt).max)
+
+
 def preprocess(frames: Any, config: PreprocessConfig) -> PreprocessedFrames:
     """Crop, orient, mask and bin raw detector frames (order in the module docstring).
 
@@ -680,9 +701,11 @@ def preprocess(frames: Any, config: PreprocessConfig) -> PreprocessedFrames:
     PreprocessedFrames
         Always a stack ``(n, M, M)``, also for a single frame. Pixels are masked (and set to 0)
         where the configured detector mask is bad, where the crop window runs outside the raw
-        frame (zero padding), where counts reach ``config.saturation`` and, with
-        ``config.mask_nonfinite``, where values are NaN or infinite. A binned pixel is masked
-        if any of its ``b x b`` constituents is. Negative counts are clipped to 0, not masked.
+        frame (zero padding), where counts reach ``config.saturation``, where an integer
+        frame holds the detector flag value (``config.mask_flags``, :func:`detector_flag`)
+        and, with ``config.mask_nonfinite``, where values are NaN or infinite. A binned pixel
+        is masked if any of its ``b x b`` constituents is. Negative counts are clipped to 0,
+        not masked.
 
     Raises
     ------
@@ -722,6 +745,11 @@ def preprocess(frames: Any, config: PreprocessConfig) -> PreprocessedFrames:
     frame_bad: np.ndarray | None = None
     if config.saturation is not None:
         frame_bad = cropped >= config.saturation  # compared in the raw dtype's precision
+    flag = detector_flag(a.dtype) if config.mask_flags else None
+    if flag is not None:
+        flagged = cropped == flag
+        if flagged.any():
+            frame_bad = flagged if frame_bad is None else frame_bad | flagged
 
     intensities = cropped.astype(np.float32, copy=False)
     if a.dtype.kind == "f":  # integers cannot overflow float32

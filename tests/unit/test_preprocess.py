@@ -17,6 +17,7 @@ from bluesky_ptycho.preprocess import (
     apply_orientation,
     bin_frames,
     crop_centered,
+    detector_flag,
     is_power_of_two,
     orientation_from_dict,
     oriented_beam_center,
@@ -328,7 +329,7 @@ def test_negative_counts_are_clipped_not_masked() -> None:
 
 @pytest.mark.parametrize("dtype", [np.uint16, np.uint32, np.int32, np.float32, np.float64])
 def test_dtypes(dtype) -> None:
-    top = 65535 if dtype == np.uint16 else 123456
+    top = 65534 if dtype == np.uint16 else 123456  # 65535 is the uint16 flag value
     raw = np.zeros((20, 20), dtype=dtype)
     raw[10, 10] = top
     out = preprocess(raw, PreprocessConfig(crop=8))
@@ -337,6 +338,30 @@ def test_dtypes(dtype) -> None:
     assert out.intensities.flags.c_contiguous
     assert out.intensities[0, 4, 4] == top
     assert out.intensities.sum() == top
+
+
+@pytest.mark.parametrize(
+    ("dtype", "flag"),
+    [(np.uint16, 2**16 - 1), (np.uint32, 2**32 - 1), (np.int32, 2**31 - 1), (np.uint64, 2**64 - 1)],
+)
+def test_detector_flag_values_are_masked(dtype, flag) -> None:
+    """Eiger writes the dtype's largest value for bad pixels: masked, not counted (issue 10)."""
+    raw = np.full((16, 16), 7, dtype=dtype)
+    raw[8, 8] = flag
+    raw[3, 5] = flag
+    out = preprocess(raw, PreprocessConfig(crop=16))
+    assert out.mask is not None and out.mask[0, 8, 8] and out.mask[0, 3, 5]
+    assert int(out.mask.sum()) == 2
+    assert out.intensities[0, 8, 8] == 0 and out.intensities.max() == 7
+    kept = preprocess(raw, PreprocessConfig(crop=16, mask_flags=False))
+    assert kept.mask is None and kept.intensities[0, 8, 8] == np.float32(flag)
+
+
+def test_float_and_8_bit_frames_have_no_flag_value() -> None:
+    assert detector_flag(np.float32) is None and detector_flag(np.uint8) is None
+    raw = np.zeros((8, 8), np.float32)
+    raw[4, 4] = 65535.0
+    assert preprocess(raw, PreprocessConfig(crop=8)).mask is None
 
 
 def test_saturation_compared_in_raw_precision() -> None:
