@@ -85,7 +85,7 @@ def test_live_reconstruction_during_a_real_scan(RE):
     beamline = make_beamline(mode="inline", seed=0)
     snapshots = []
     cb = PtychoCallback(
-        options=LiveOptions(final_passes=60),
+        options=LiveOptions(final_passes=60, publish_period_s=0.1),  # a short scan: watch it
         observers=[snapshots.append],
         probe=_earlier_probe(beamline.specimen),
     )
