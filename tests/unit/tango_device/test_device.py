@@ -1,90 +1,29 @@
-"""The device itself in a real Tango server started by ``DeviceTestContext`` (in a thread).
+"""The ``DeviceTestContext`` checks of the device, run in a fresh interpreter.
 
-The subprocess system tests (``tests/system/test_tango_device.py``) drive whole scans; these
-check the thin shell: initial state and Status, set-points shown as write values, refusals.
+``device_context_checks.py`` starts the device with ``tango.test_context.DeviceTestContext``
+(a forked server process). Forked from this pytest process, which by then holds the threads of
+hundreds of tests, the server process hung at exit; in a thread instead, omniORB aborted the
+interpreter at exit. A fresh interpreter has neither problem.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator
-from typing import Any
+import os
+import subprocess
+import sys
+from pathlib import Path
 
-import numpy as np
-import pytest
-import tango
-from bluesky_ptycho.tango_device import PtychoReconstruction
-from bluesky_ptycho.tango_device.logic import SETPOINTS, setpoints
-from tango import DevState
-from tango.test_context import DeviceTestContext
-
-from bluesky_ptycho.live import LiveOptions
+CHECKS = Path(__file__).with_name("device_context_checks.py")
 
 
-@pytest.fixture(scope="module")
-def dev() -> Iterator[Any]:
-    with DeviceTestContext(
-        PtychoReconstruction,
-        properties={"PublishPeriod": 0.25, "FinalPasses": 3},
-        # a thread of this process, not a forked child: in the full suite a child forked from
-        # this (by then heavily threaded) pytest process hung at exit after Kill
-        process=False,
-        timeout=30,
-    ) as proxy:
-        yield proxy
-
-
-def test_a_fresh_device_is_idle_and_says_so(dev: Any) -> None:
-    assert dev.state() == DevState.ON
-    status = dev.status()
-    assert status.splitlines()[0] == "ON: idle"
-    assert "publish period 0.25 s" in status and "final passes 3" in status
-    assert dev.PatternsReceived == 0 and dev.ObjectPhase.size == 0
-    assert math.isnan(dev.ValidationRatio) and not dev.SignalOK
-
-
-def test_memorized_setpoints_show_the_values_in_force_from_the_first_read(dev: Any) -> None:
-    expected = setpoints(LiveOptions(publish_period_s=0.25, final_passes=3), 0.0)
-    for name in SETPOINTS:
-        attr = dev.read_attribute(name)
-        assert attr.value == pytest.approx(expected[name]), name
-        assert attr.w_value == pytest.approx(attr.value), name
-    assert dev.read_attribute("Beta").w_value == pytest.approx(1.0)  # not 0: a frozen probe
-
-
-def test_a_write_becomes_the_value_and_the_set_point(dev: Any) -> None:
-    dev.Beta = 0.5
-    attr = dev.read_attribute("Beta")
-    assert attr.value == pytest.approx(0.5) and attr.w_value == pytest.approx(0.5)
-    assert "beta 0.5" in dev.status()
-    dev.Beta = 1.0
-
-
-def test_init_keeps_the_set_points_in_force(dev: Any) -> None:
-    """Tango writes memorized values back only when the server starts, not after Init."""
-    dev.Alpha = 0.7
-    dev.IterationsPerBatch = 7
-    dev.Init()
-    for name, value in (("Alpha", 0.7), ("IterationsPerBatch", 7), ("Beta", 1.0)):
-        attr = dev.read_attribute(name)
-        assert attr.value == pytest.approx(value) and attr.w_value == pytest.approx(value), name
-    assert "final passes 3" in dev.status()  # the properties were read again
-    dev.Alpha = 1.0
-    dev.IterationsPerBatch = 20
-
-
-def test_pixel_size_is_unknown_before_a_run(dev: Any) -> None:
-    pixel = np.asarray(dev.PixelSize)
-    assert pixel.shape == (2,) and np.isnan(pixel).all()
-
-
-def test_commands_refused_say_why(dev: Any) -> None:
-    with pytest.raises(tango.DevFailed, match="ZmqAddress"):
-        dev.Start()
-    with pytest.raises(tango.DevFailed, match="not allowed in state ON"):
-        dev.Stop()
-    with pytest.raises(tango.DevFailed, match="OutputDirectory"):
-        dev.Save("x.h5")
-    with pytest.raises(tango.DevFailed, match="above the maximum"):
-        dev.Alpha = 5.0
-    assert dev.Alpha == pytest.approx(1.0) and dev.state() == DevState.ON
+def test_the_device_in_a_device_test_context() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(CHECKS)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[3],
+        env={**os.environ, "PYTHONFAULTHANDLER": "1"},
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "6 passed" in done.stdout, done.stdout[-2000:]
