@@ -20,6 +20,7 @@ Rates are taken over whole passes after one warm-up pass (pool start-up excluded
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -32,24 +33,20 @@ import numpy as np
 from bluesky_ptycho.backend import get_backend
 from bluesky_ptycho.engine import EPIE, EPIEOptions, SynchronousEPIE
 from bluesky_ptycho.engine.batched import BatchedKernel, apply_batch
-from bluesky_ptycho.engine.epie import default_probe
-from bluesky_ptycho.engine.forward import far_field_intensities
 from bluesky_ptycho.engine.kernels import NumpyKernel, UpdateStep
 from bluesky_ptycho.engine.parallel import run_averaging
 from bluesky_ptycho.engine.workers import MPIWorkers, make_workers
 
 
 def make_data(n: int, n_side: int, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    step = n // 8
-    size = n + step * (n_side - 1) + 2
-    yy, xx = np.mgrid[:size, :size]
-    obj = np.exp(1j * 0.5 * np.sin(xx / 5.0) * np.cos(yy / 7.0)).astype(np.complex64)
-    probe = default_probe((n, n), n / 6, 1e6)
-    grid = np.arange(n_side) * step + 1
-    pos = np.array([(a, b) for a in grid for b in grid], dtype=np.float64)
-    intens = rng.poisson(far_field_intensities(obj, probe, pos)).astype(np.float32)
-    return obj.shape, probe, pos, intens
+    """The synthetic scan of ``benchmarks/engine.py`` (the same data for both benchmarks)."""
+    spec = importlib.util.spec_from_file_location(
+        "_engine_benchmark", Path(__file__).with_name("engine.py")
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.make_data(n, n_side, seed)
 
 
 def rate_synchronous(data, workers, passes: int, batch: int) -> float:
