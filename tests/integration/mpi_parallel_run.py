@@ -1,7 +1,8 @@
 """Run under ``mpiexec -n K``: reconstruct the small preset with MPI ranks; rank 0 saves it.
 
 Used by ``test_parallel_mpi.py``; not a test module itself. Arguments: scheme, passes,
-batch size, output ``.npz``.
+batch size, output ``.npz``, and optionally ``known-probe`` to start from the simulation's probe
+instead of a blind start.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from bluesky_ptycho.simulate import simulate_dataset, small_preset
 
 def main() -> None:
     scheme, passes, batch, output = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    known_probe = sys.argv[5:] == ["known-probe"]
     ds = simulate_dataset(small_preset())
     state = reconstruct(
         ds.intensities,
         ds.positions_px,
         passes=passes,
+        probe=ds.probe if known_probe else "auto",
         options=EPIEOptions(seed=0),
         parallel=scheme,
         parallel_options=ParallelOptions(batch_size=batch, executor="mpi", average_every=2),
