@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "DEFAULT_MAX_COUNT",
     "Orientation",
     "PreprocessConfig",
     "PreprocessedFrames",
@@ -45,6 +46,7 @@ __all__ = [
     "bin_frames",
     "crop_centered",
     "detector_flag",
+    "flagged_pixels",
     "is_power_of_two",
     "orientation_from_dict",
     "oriented_beam_center",
@@ -54,6 +56,10 @@ __all__ = [
 ]
 
 _ORIENTATION_KEYS = ("transpose", "flip_rows", "flip_cols")
+_FLAG_KEYS = ("mask_flags", "flag_values", "max_count")
+
+DEFAULT_MAX_COUNT = float(2**32 - 1)
+"""Default :attr:`PreprocessConfig.max_count`: the largest count of a 32-bit counter."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -419,6 +425,15 @@ class PreprocessConfig:
         largest value of the dtype (65535 in uint16, 2**32-1 in uint32, 2**31-1 in int32...),
         which Eiger and other photon-counting detectors write for bad or dead pixels; a
         single such pixel among ordinary counts would otherwise dominate its pattern.
+    flag_values : tuple of int or None
+        The flag values to mask when ``mask_flags`` is on. None (default): the dtype's largest
+        value, as above (see :func:`detector_flag`); a tuple: exactly these values, in frames
+        of any dtype (e.g. ``(2**32 - 1, 2**32 - 2)`` for a detector with two flag codes).
+    max_count : float or None
+        Counts above this value are masked as flags too (when ``mask_flags`` is on), in any
+        dtype: no counting detector reports more per pixel and frame. Default ``2**32 - 1``, the
+        largest count of a 32-bit counter, which catches ``2**63`` in uint64/int64 frames and
+        absurd values in float frames. None: no bound.
     """
 
     crop: int | None = None
@@ -431,6 +446,8 @@ class PreprocessConfig:
     saturation: float | None = None
     mask_nonfinite: bool = True
     mask_flags: bool = True
+    flag_values: tuple[int, ...] | None = None
+    max_count: float | None = DEFAULT_MAX_COUNT
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -475,6 +492,8 @@ class PreprocessConfig:
             set_(self, "saturation", float(s))
         set_(self, "mask_nonfinite", _as_bool(self.mask_nonfinite, "mask_nonfinite"))
         set_(self, "mask_flags", _as_bool(self.mask_flags, "mask_flags"))
+        set_(self, "flag_values", _check_flag_values(self.flag_values))
+        set_(self, "max_count", _check_max_count(self.max_count))
 
     # -- identity ---------------------------------------------------------------------------
     def _key(self) -> tuple[Any, ...]:
@@ -491,6 +510,8 @@ class PreprocessConfig:
             self.saturation,
             self.mask_nonfinite,
             self.mask_flags,
+            self.flag_values,
+            self.max_count,
         )
 
     def __eq__(self, other: object) -> bool:
@@ -546,6 +567,9 @@ class PreprocessConfig:
             "mask": None if self.mask is None else _mask_to_json(self.mask),
             "saturation": self.saturation,
             "mask_nonfinite": self.mask_nonfinite,
+            "mask_flags": self.mask_flags,
+            "flag_values": None if self.flag_values is None else list(self.flag_values),
+            "max_count": self.max_count,
         }
 
     @classmethod
@@ -554,7 +578,7 @@ class PreprocessConfig:
         if not isinstance(d, Mapping):
             raise ValueError(f"config must be a mapping, got {type(d).__name__}")
         known = {"crop", "beam_center_px", "orientation", "binning", "mask", "saturation"}
-        known.add("mask_nonfinite")
+        known.update(("mask_nonfinite", *_FLAG_KEYS))
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown preprocessing config keys {unknown}")
@@ -566,6 +590,7 @@ class PreprocessConfig:
             mask=_mask_from_json(d.get("mask")),
             saturation=d.get("saturation"),
             mask_nonfinite=d.get("mask_nonfinite", True),
+            **_flag_options(d),
             **orientation.to_dict(),
         )
 
@@ -595,8 +620,9 @@ class PreprocessConfig:
         """Build the config from the ``start["ptycho"]`` dict (docs/reference/start-document.md).
 
         Reads ``crop``, ``beam_center_px``, ``orientation`` and ``mask``, plus the optional
-        ``binning``, ``saturation`` and ``mask_nonfinite`` if present (keyword arguments
-        override them). Other keys (energy, scan, ...) are ignored.
+        ``binning``, ``saturation``, ``mask_nonfinite``, ``mask_flags``, ``flag_values`` and
+        ``max_count`` if present (keyword arguments override them). Other keys (energy, scan,
+        ...) are ignored.
 
         Parameters
         ----------
@@ -644,6 +670,7 @@ class PreprocessConfig:
             mask_nonfinite=(
                 mask_nonfinite if mask_nonfinite is not None else ptycho.get("mask_nonfinite", True)
             ),
+            **_flag_options(ptycho),
             **orientation.to_dict(),
         )
 
@@ -686,6 +713,71 @@ def detector_flag(dtype: Any) -> int | None:
     return int(np.iinfo(dt).max)
 
 
+def flagged_pixels(frames: np.ndarray, config: PreprocessConfig) -> np.ndarray | None:
+    """Where ``frames`` (raw dtype) hold a detector flag value or counts above ``max_count``.
+
+    Parameters
+    ----------
+    frames : ndarray
+        Raw frames (or a crop of them) in their own dtype.
+    config : PreprocessConfig
+        ``flag_values`` (None: :func:`detector_flag` of the dtype) and ``max_count``;
+        ``mask_flags`` is not looked at (the caller decides).
+
+    Returns
+    -------
+    bool ndarray of the shape of ``frames``, or None when nothing can be flagged (e.g. a float
+    frame with ``max_count=None``).
+    """
+    a = np.asarray(frames)
+    out: np.ndarray | None = None
+    if config.flag_values is None:
+        flag = detector_flag(a.dtype)
+        values: tuple[int, ...] = () if flag is None else (flag,)
+    else:
+        values = config.flag_values
+    integer = a.dtype.kind in "iu"
+    if integer:
+        info = np.iinfo(a.dtype)
+        values = tuple(v for v in values if info.min <= v <= info.max)  # others cannot occur
+    for v in values:
+        hit = a == (a.dtype.type(v) if integer else v)
+        out = hit if out is None else out | hit
+    bound = config.max_count
+    if bound is not None and not (integer and bound >= np.iinfo(a.dtype).max):
+        above = a > (a.dtype.type(math.floor(bound)) if integer else bound)
+        out = above if out is None else out | above
+    return out
+
+
+def _check_flag_values(values: Any) -> tuple[int, ...] | None:
+    if values is None:
+        return None
+    if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray)):
+        raise ValueError(f"flag_values must be a sequence of integers or None, got {values!r}")
+    if not all(_is_int(v) for v in values):
+        raise ValueError(f"flag_values must be integers, got {list(values)!r}")
+    return tuple(int(v) for v in values)
+
+
+def _check_max_count(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ValueError(f"max_count must be a number or None, got {value!r}")
+    if not (math.isfinite(float(value)) and float(value) > 0):
+        raise ValueError(f"max_count must be finite and positive, got {value!r}")
+    return float(value)
+
+
+def _flag_options(d: Mapping[str, Any]) -> dict[str, Any]:
+    """The flag keys present in ``d`` (absent ones keep their defaults)."""
+    out = {key: d[key] for key in _FLAG_KEYS if key in d}
+    if isinstance(out.get("flag_values"), list):
+        out["flag_values"] = tuple(out["flag_values"])
+    return out
+
+
 def preprocess(frames: Any, config: PreprocessConfig) -> PreprocessedFrames:
     """Crop, orient, mask and bin raw detector frames (order in the module docstring).
 
@@ -701,11 +793,11 @@ def preprocess(frames: Any, config: PreprocessConfig) -> PreprocessedFrames:
     PreprocessedFrames
         Always a stack ``(n, M, M)``, also for a single frame. Pixels are masked (and set to 0)
         where the configured detector mask is bad, where the crop window runs outside the raw
-        frame (zero padding), where counts reach ``config.saturation``, where an integer
-        frame holds the detector flag value (``config.mask_flags``, :func:`detector_flag`)
-        and, with ``config.mask_nonfinite``, where values are NaN or infinite. A binned pixel
-        is masked if any of its ``b x b`` constituents is. Negative counts are clipped to 0,
-        not masked.
+        frame (zero padding), where counts reach ``config.saturation``, where a frame holds
+        a detector flag value or counts above ``config.max_count`` (``config.mask_flags``,
+        :func:`flagged_pixels`) and, with ``config.mask_nonfinite``, where values are NaN or
+        infinite. A binned pixel is masked if any of its ``b x b`` constituents is. Negative
+        counts are clipped to 0, not masked.
 
     Raises
     ------
@@ -745,11 +837,9 @@ def preprocess(frames: Any, config: PreprocessConfig) -> PreprocessedFrames:
     frame_bad: np.ndarray | None = None
     if config.saturation is not None:
         frame_bad = cropped >= config.saturation  # compared in the raw dtype's precision
-    flag = detector_flag(a.dtype) if config.mask_flags else None
-    if flag is not None:
-        flagged = cropped == flag
-        if flagged.any():
-            frame_bad = flagged if frame_bad is None else frame_bad | flagged
+    flagged = flagged_pixels(cropped, config) if config.mask_flags else None
+    if flagged is not None and flagged.any():
+        frame_bad = flagged if frame_bad is None else frame_bad | flagged
 
     intensities = cropped.astype(np.float32, copy=False)
     if a.dtype.kind == "f":  # integers cannot overflow float32

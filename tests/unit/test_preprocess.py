@@ -18,6 +18,7 @@ from bluesky_ptycho.preprocess import (
     bin_frames,
     crop_centered,
     detector_flag,
+    flagged_pixels,
     is_power_of_two,
     orientation_from_dict,
     oriented_beam_center,
@@ -362,6 +363,98 @@ def test_float_and_8_bit_frames_have_no_flag_value() -> None:
     raw = np.zeros((8, 8), np.float32)
     raw[4, 4] = 65535.0
     assert preprocess(raw, PreprocessConfig(crop=8)).mask is None
+
+
+@pytest.mark.parametrize(
+    ("dtype", "value"),
+    [
+        (np.uint64, 2**63),  # above max_count: a flag although not the dtype's largest value
+        (np.int64, 2**40),
+        (np.uint64, 2**32),
+        (np.float64, 1e30),
+        (np.float32, 2.0**33),
+    ],
+)
+def test_counts_above_max_count_are_masked_as_flags(dtype, value) -> None:
+    raw = np.full((16, 16), 5, dtype=dtype)
+    raw[2, 9] = value
+    out = preprocess(raw, PreprocessConfig(crop=16))
+    assert out.mask is not None and out.mask[0, 2, 9] and int(out.mask.sum()) == 1
+    assert out.intensities.max() == 5
+    # a larger bound keeps the value; None switches the bound off
+    kept = preprocess(raw, PreprocessConfig(crop=16, max_count=None))
+    assert kept.mask is None and kept.intensities[0, 2, 9] == np.float32(value)
+    assert preprocess(raw, PreprocessConfig(crop=16, max_count=2.0 * value)).mask is None
+    # mask_flags=False switches every flag off
+    assert preprocess(raw, PreprocessConfig(crop=16, mask_flags=False)).mask is None
+
+
+def test_max_count_is_a_bound_not_a_flag() -> None:
+    raw = np.full((8, 8), 3, dtype=np.uint32)
+    raw[1, 1] = 2**32 - 2  # the largest ordinary uint32 count is kept
+    out = preprocess(raw, PreprocessConfig(crop=8))
+    assert out.mask is None and out.intensities[0, 1, 1] == np.float32(2**32 - 2)
+    low = preprocess(raw, PreprocessConfig(crop=8, max_count=1000))
+    assert low.mask is not None and low.mask[0, 1, 1] and int(low.mask.sum()) == 1
+
+
+def test_configured_flag_values_replace_the_dtype_maximum() -> None:
+    raw = np.full((8, 8), 4, dtype=np.uint32)
+    raw[0, 0] = 2**32 - 1
+    raw[1, 1] = 2**32 - 2
+    raw[2, 2] = 9
+    cfg = PreprocessConfig(crop=8, flag_values=(2**32 - 2, 9))
+    out = preprocess(raw, cfg)
+    assert out.mask is not None
+    assert out.mask[0, 1, 1] and out.mask[0, 2, 2] and int(out.mask.sum()) == 2
+    # 2**32-1 is no longer a flag, and not above max_count either: kept as counts
+    assert not out.mask[0, 0, 0] and out.intensities[0, 0, 0] == np.float32(2**32 - 1)
+    # flag values in float frames, and values that cannot occur in the dtype are ignored
+    f = np.full((8, 8), 2.0, np.float32)
+    f[3, 3] = 9.0
+    assert int(preprocess(f, cfg).mask.sum()) == 1
+    u16 = np.full((8, 8), 9, np.uint16)
+    assert preprocess(u16, PreprocessConfig(crop=8, flag_values=(2**32 - 2,))).mask is None
+    # an empty tuple: no flag value at all (max_count still applies)
+    none = preprocess(raw, PreprocessConfig(crop=8, flag_values=()))
+    assert none.mask is None
+
+
+def test_flagged_pixels_combines_values_and_bound() -> None:
+    a = np.array([[1, 65535], [70000, 2]], dtype=np.uint32)
+    cfg = PreprocessConfig(flag_values=(65535,), max_count=65536)
+    got = flagged_pixels(a, cfg)
+    assert got is not None and got.tolist() == [[False, True], [True, False]]
+    assert flagged_pixels(np.ones((2, 2), np.float32), PreprocessConfig(max_count=None)) is None
+
+
+def test_flag_options_round_trip_and_from_start() -> None:
+    cfg = PreprocessConfig(crop=8, flag_values=(7, 65535), max_count=1e6, mask_flags=True)
+    assert PreprocessConfig.from_json(cfg.to_json()) == cfg
+    assert PreprocessConfig.from_json(PreprocessConfig(max_count=None).to_json()).max_count is None
+    assert cfg != PreprocessConfig(crop=8, flag_values=(7,), max_count=1e6)
+    start = PreprocessConfig.from_ptycho_start(
+        {"crop": 8, "flag_values": [2**32 - 2], "max_count": 1e9, "mask_flags": True}
+    )
+    assert start.flag_values == (2**32 - 2,) and start.max_count == 1e9
+    default = PreprocessConfig.from_ptycho_start({"crop": 8})
+    assert default.flag_values is None and default.max_count == float(2**32 - 1)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"flag_values": "65535"}, "flag_values"),
+        ({"flag_values": (1.5,)}, "flag_values"),
+        ({"flag_values": 65535}, "flag_values"),
+        ({"max_count": 0}, "max_count"),
+        ({"max_count": float("nan")}, "max_count"),
+        ({"max_count": "1e9"}, "max_count"),
+    ],
+)
+def test_bad_flag_options_raise(kwargs, field) -> None:
+    with pytest.raises(ValueError, match=field):
+        PreprocessConfig(**kwargs)
 
 
 def test_saturation_compared_in_raw_precision() -> None:
