@@ -591,7 +591,9 @@ class PreprocessConfig:
             saturation=d.get("saturation"),
             mask_nonfinite=d.get("mask_nonfinite", True),
             **_flag_options(d),
-            **orientation.to_dict(),
+            transpose=orientation.transpose,
+            flip_rows=orientation.flip_rows,
+            flip_cols=orientation.flip_cols,
         )
 
     def to_json(self) -> str:
@@ -671,7 +673,9 @@ class PreprocessConfig:
                 mask_nonfinite if mask_nonfinite is not None else ptycho.get("mask_nonfinite", True)
             ),
             **_flag_options(ptycho),
-            **orientation.to_dict(),
+            transpose=orientation.transpose,
+            flip_rows=orientation.flip_rows,
+            flip_cols=orientation.flip_cols,
         )
 
 
