@@ -308,18 +308,23 @@ def _read_records(
     return patterns, size - good
 
 
-def _intact(path: Path) -> tuple[int, int]:
-    """``(records, bytes)`` of the intact head of a pattern store (0, 0 when missing)."""
+def _intact(path: Path) -> tuple[int, int, set[tuple[int, int]]]:
+    """Records and bytes of the intact head of a pattern store, and their (descriptor index,
+    seq_num) keys ((0, 0, empty) when missing)."""
+    keys: set[tuple[int, int]] = set()
     try:
         f = path.open("rb")
     except FileNotFoundError:
-        return 0, 0
+        return 0, 0, keys
     with f:
         count = good = 0
         for payload in _payloads(f):
             count += 1
             good += _RECORD_HEAD.size + len(payload)
-    return count, good
+            desc, seq = struct.unpack_from("<iq", payload)
+            if seq >= 0:
+                keys.add((desc, seq))
+    return count, good, keys
 
 
 # ------------------------------------------------------------------------------ writing
@@ -364,13 +369,14 @@ class CheckpointWriter:
         self._stop: dict[str, Any] | None = None
         self._count = 0
         self._bytes = 0
+        self._keys: set[tuple[int, int]] = set()
         self._closed = False
         for doc in descriptors:
             self._add_descriptor_locked(doc)
         self._write_run_locked()
         store = self.directory / PATTERN_FILE
         # a resumed run appends after its intact records; a torn tail is cut off first
-        self._count, self._bytes = _intact(store)
+        self._count, self._bytes, self._keys = _intact(store)
         self._file: BinaryIO = store.open("ab")
         if self._file.tell() != self._bytes:
             self._file.truncate(self._bytes)
@@ -418,8 +424,14 @@ class CheckpointWriter:
                 self._stop = dict(doc)
                 self._write_run_locked()
 
-    def append(self, record: PatternLike) -> None:
+    def append(self, record: PatternLike) -> bool:
         """Append one pattern to the store and flush it.
+
+        Returns
+        -------
+        bool
+            False when the store already holds a pattern of the same descriptor and
+            ``seq_num`` (a restored pattern handed over again): it is not written twice.
 
         Raises
         ------
@@ -428,16 +440,23 @@ class CheckpointWriter:
         """
         with self._lock:
             if self._closed:
-                return
+                return False
             desc = str(record.descriptor)
             if desc not in self._desc_index:  # a descriptor the device did not hand over
                 self._add_descriptor_locked({"uid": desc, "run_start": self.run_uid})
                 self._write_run_locked()
-            data = _encode(self._desc_index[desc], record)
+            index = self._desc_index[desc]
+            key = None if record.seq_num is None else (index, int(record.seq_num))
+            if key is not None and key in self._keys:
+                return False
+            data = _encode(index, record)
             self._file.write(data)
             self._file.flush()
             self._count += 1
             self._bytes += len(data)
+            if key is not None:
+                self._keys.add(key)
+            return True
 
     def write_state(self, object_: Any, probe: Any, iteration: int = 0) -> None:
         """Replace the state file (object, probe, iteration, pattern count) atomically."""

@@ -238,7 +238,7 @@ def test_bad_patterns_are_refused_without_damaging_the_store(tmp_path: Path) -> 
     bad = Record(**{**good.__dict__, "intensities": np.zeros((2, N, N), np.float32)})
     with pytest.raises(ValueError, match="expected"):
         writer.append(bad)
-    writer.append(good)
+    writer.append(Record(**{**good.__dict__, "seq_num": 2}))
     assert len(read_checkpoint(writer.directory).patterns) == 2
 
 
@@ -259,3 +259,17 @@ def test_appending_costs_one_frame_and_state_writes_leave_no_temporary_files(
     for it in range(3):
         writer.write_state(np.ones((40, 40)), np.ones((N, N)), iteration=it)
     assert sorted(os.listdir(writer.directory)) == sorted([RUN_FILE, PATTERN_FILE, STATE_FILE])
+
+
+def test_a_pattern_handed_over_again_is_not_stored_twice(tmp_path: Path) -> None:
+    start, desc = documents()
+    recs = records(start["uid"], desc["uid"], 3)
+    writer = CheckpointWriter(tmp_path, start["uid"], start, [desc])
+    assert all(writer.append(r) for r in recs)
+    assert not writer.append(recs[1])
+    writer.close()
+    again = CheckpointWriter(tmp_path, start["uid"], start, [desc])  # after a restart
+    assert not again.append(recs[0])
+    assert again.patterns == 3
+    again.close()
+    assert [p.seq_num for p in read_checkpoint(again.directory).patterns] == [1, 2, 3]
