@@ -235,10 +235,10 @@ def test_bad_patterns_are_refused_without_damaging_the_store(tmp_path: Path) -> 
     writer = CheckpointWriter(tmp_path, start["uid"], start, [desc])
     good = records(start["uid"], desc["uid"], 1)[0]
     writer.append(good)
-    bad = Record(**{**good.__dict__, "intensities": np.zeros((2, N, N), np.float32)})
+    bad = Record(**{**good.__dict__, "seq_num": 2, "intensities": np.zeros((2, N, N), np.float32)})
     with pytest.raises(ValueError, match="expected"):
         writer.append(bad)
-    writer.append(Record(**{**good.__dict__, "seq_num": 2}))
+    writer.append(Record(**{**good.__dict__, "seq_num": 3}))
     assert len(read_checkpoint(writer.directory).patterns) == 2
 
 
