@@ -5,6 +5,11 @@ handlers only look things up and queue work: reading files, preprocessing frames
 reconstruction itself happen on background threads, so the RunEngine never waits. Nothing a
 document contains can raise out of the callback: problems are logged with the document's name,
 uid and seq_num, counted, and shown in :attr:`PtychoCallback.status`.
+
+Runs are keyed by their start uid (``docs/explanation/run-integrity.md``): every document goes
+to the run it names, several runs may be open at once, documents received twice are used once,
+events that arrive before their descriptor wait for it a little, and a run whose stop never
+comes is finished and saved after an idle time.
 """
 
 from __future__ import annotations
@@ -14,23 +19,13 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import event_model
 import numpy as np
-from event_model.documents import (
-    Datum,
-    Event,
-    EventDescriptor,
-    Resource,
-    RunStart,
-    RunStop,
-    StreamDatum,
-    StreamResource,
-)
 
 from bluesky_ptycho.engine.state import ReconstructionState
 from bluesky_ptycho.geometry import ObjectFrame
@@ -40,64 +35,58 @@ from bluesky_ptycho.io.result import write_result
 from bluesky_ptycho.live import (
     LiveOptions,
     LiveReconstruction,
-    LiveStatus,
     Snapshot,
     lower_thread_priority,
 )
 from bluesky_ptycho.preprocess import PreprocessConfig, preprocess
 from bluesky_ptycho.probes import ProbeInit
+from bluesky_ptycho.runs import (
+    CallbackStatus,
+    PatternRecord,
+    Rejection,
+    RejectionTally,
+    ShapeVote,
+    StreamCount,
+    count_worth_logging,
+    usable_seq_num,
+)
 from bluesky_ptycho.setup import START_KEY, ScanSetup
 
-__all__ = ["CallbackStatus", "PtychoCallback", "Rejection", "ScanSetup"]
+__all__ = ["CallbackStatus", "PatternRecord", "PtychoCallback", "Rejection", "ScanSetup"]
 
 logger = logging.getLogger(__name__)
 
 _MAX_REASONS = 100
-
-
-@dataclass(frozen=True)
-class Rejection:
-    """The items of one run rejected for one cause: said once, counted.
-
-    Attributes
-    ----------
-    run_uid : str or None
-        The run the items belonged to (None: no run was open).
-    cause : str
-        What the items have in common: a :class:`~bluesky_ptycho.io.hdf5.ReadCause` name
-        (``"FILTER_MISSING"``, ``"TRUNCATED"``, ...), a check of the callback
-        (``"NONFINITE"``, ``"OUTSIDE_OBJECT"``, ...), or the reason text itself.
-    message : str
-        The first item's rejection: where (document name, uid, seq_num), what, and the fix.
-    count : int
-        Items rejected for this cause in this run.
-    first_seq_num, last_seq_num : int or None
-        The lowest and highest seq_num among them (None: documents without one).
-    """
-
-    run_uid: str | None
-    cause: str
-    message: str
-    count: int
-    first_seq_num: int | None
-    last_seq_num: int | None
-
-    def text(self) -> str:
-        """The message, with the count and seq_num range when more than one item was hit."""
-        if self.count == 1:
-            return self.message
-        seqs = (
-            f", seq_num {self.first_seq_num}..{self.last_seq_num}"
-            if self.first_seq_num is not None
-            else ""
-        )
-        return f"{self.message} [{self.count} items{seqs}]"
+_KEEP_FINISHED = 16  # finished runs remembered (late and repeated documents of them)
+_KEEP_IGNORED = 10_000  # uids of ignored runs and their descriptors/resources remembered
+_HANDLED = frozenset(
+    {
+        "start",
+        "descriptor",
+        "event",
+        "event_page",
+        "resource",
+        "datum",
+        "datum_page",
+        "stream_resource",
+        "stream_datum",
+        "stop",
+    }
+)
 
 
 class _FrameRejected(ValueError):
     """A frame fails one of the callback's own checks; ``cause`` groups such frames."""
 
     def __init__(self, cause: str | ReadCause, message: str) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+class _DocumentRejected(ValueError):
+    """A document is refused by a handler; ``cause`` groups such documents."""
+
+    def __init__(self, cause: str, message: str) -> None:
         super().__init__(message)
         self.cause = cause
 
@@ -109,118 +98,79 @@ def _cause_key(exc: BaseException) -> str | None:
     return cause if isinstance(cause, str) and cause else None
 
 
-class _Tally:
-    """Rejections grouped by (run, cause), in order of first occurrence; not thread-safe."""
+class _BoundedSet:
+    """A set that forgets its oldest members beyond ``size``."""
 
-    def __init__(self, max_entries: int) -> None:
-        self.max_entries = max_entries
-        self.total = 0
-        self._entries: dict[tuple[str | None, str], Rejection] = {}
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: collections.OrderedDict[str, None] = collections.OrderedDict()
 
-    def add(self, run_uid: str | None, cause: str, message: str, seq_num: int | None) -> Rejection:
-        self.total += 1
-        key = (run_uid, cause)
-        old = self._entries.get(key)
-        if old is None:
-            entry = Rejection(run_uid, cause, message, 1, seq_num, seq_num)
-            if len(self._entries) >= self.max_entries:
-                del self._entries[next(iter(self._entries))]
-        else:
-            seqs = [s for s in (old.first_seq_num, old.last_seq_num, seq_num) if s is not None]
-            entry = Rejection(
-                run_uid,
-                cause,
-                old.message,
-                old.count + 1,
-                min(seqs) if seqs else None,
-                max(seqs) if seqs else None,
-            )
-        self._entries[key] = entry
-        return entry
+    def add(self, item: str) -> None:
+        self._items[item] = None
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
 
-    def entries(self, run_uid: str | None = None, *, every_run: bool = True) -> list[Rejection]:
-        return [e for e in self._entries.values() if every_run or e.run_uid == run_uid]
-
-
-def _count_worth_logging(count: int) -> bool:
-    """1, 10, 100, 1000, ...: a growing cause is re-logged a few times, not per item."""
-    while count >= 10 and count % 10 == 0:
-        count //= 10
-    return count == 1
-
-
-@dataclass(frozen=True)
-class CallbackStatus:
-    """What the callback has seen and done; cheap to take at any time.
-
-    Attributes
-    ----------
-    documents : dict
-        Documents seen, by name, since the callback was made.
-    runs : int
-        Runs started.
-    run_uid : str or None
-        The current (or last) run's start uid.
-    frames_received : int
-        Frame-bearing events of the current run.
-    frames_used : int
-        Frames handed to the reconstruction in the current run.
-    frames_pending : int
-        Frames of the current run received but not yet read, checked and handed on (the
-        background thread is still working on them); ``frames_used`` grows as they go.
-    finished : bool
-        Whether the current (or last) run has stopped and its final passes are done, so that
-        :meth:`PtychoCallback.result` returns at once.
-    rejected : int
-        Items (documents, frames) rejected, over all runs.
-    reasons : tuple of str
-        One line per cause of rejection (per run), oldest first: the first rejected item's
-        reason, with the count and seq_num range when the cause hit more items
-        (:meth:`Rejection.text`).
-    message : str
-        A one-line summary for operators; says when frames are still being processed or the
-        final passes are running.
-    live : LiveStatus or None
-        The reconstruction's own status.
-    """
-
-    documents: dict[str, int]
-    runs: int
-    run_uid: str | None
-    frames_received: int
-    frames_used: int
-    rejected: int
-    reasons: tuple[str, ...]
-    message: str
-    live: LiveStatus | None
-    rejections: tuple[Rejection, ...] = ()
-    frames_pending: int = 0
-    finished: bool = False
+    def __contains__(self, item: object) -> bool:
+        return item in self._items
 
 
 @dataclass
 class _Run:
-    """One run being reconstructed: its setup, reconstruction and counters."""
+    """One run being reconstructed: its setup, reconstruction, assets and counters."""
 
     uid: str
     setup: ScanSetup
     live: LiveReconstruction
     start_doc: Mapping[str, Any]
+    assets: AssetRegistry
     object_frame: ObjectFrame | None = None
     descriptors: dict[str, Mapping[str, Any]] = field(default_factory=dict)
+    streams: dict[str, StreamCount] = field(default_factory=dict)
     detector_shape: tuple[int, ...] | None = None
+    shape_vote: ShapeVote = field(default_factory=ShapeVote)
     preprocess: PreprocessConfig | None = None
+    event_uids: set[str] = field(default_factory=set)
+    event_seqs: set[tuple[str, int]] = field(default_factory=set)
+    doc_uids: set[str] = field(default_factory=set)  # descriptors, resources, datums...
+    keys_seen: set[str] = field(default_factory=set)  # data keys of all its descriptors
+    key_reported: bool = False
     frames_received: int = 0
     frames_used: int = 0
     frames_queued: int = 0
     frames_processed: int = 0
     rejected: int = 0
+    recovered: int = 0
+    last_activity: float = field(default_factory=time.monotonic)
+    stopped: bool = False
+    missing_stop: bool = False
     exit_status: str | None = None
     closed: bool = False
     done: threading.Event = field(default_factory=threading.Event)
     result: ReconstructionState | None = None
     result_path: Path | None = None
     message: str = ""
+
+    @property
+    def lost(self) -> int:
+        return sum(s.lost for s in self.streams.values())
+
+    @property
+    def key_seen(self) -> bool:
+        return self.setup.detector_key in self.keys_seen
+
+    def key_note(self) -> str:
+        return (
+            f"detector_key {self.setup.detector_key!r} is in no descriptor of run "
+            f"{self.uid[:8]}; data keys seen: {sorted(self.keys_seen)}"
+        )
+
+
+@dataclass
+class _Held:
+    """An event that arrived before its descriptor."""
+
+    since: float
+    doc: Mapping[str, Any]
 
 
 class PtychoCallback(event_model.DocumentRouter):
@@ -231,7 +181,7 @@ class PtychoCallback(event_model.DocumentRouter):
     setup : ScanSetup, optional
         Used for runs whose start document lacks ``start["ptycho"]``, so any bluesky plan works.
     output_dir : str or Path, optional
-        Where each run's result is written (HDF5) when it stops.
+        Where each run's result is written (HDF5) when it ends.
     options : LiveOptions, optional
         Engine, pacing and publishing options of each run's reconstruction.
     handlers : mapping, optional
@@ -250,6 +200,21 @@ class PtychoCallback(event_model.DocumentRouter):
         a dict, or the path of a bluesky-ptycho result file, see
         :meth:`~bluesky_ptycho.setup.ScanSetup.start_probe`), otherwise the engine's
         default ``"auto"``.
+    on_pattern : callable, optional
+        ``on_pattern(record)`` with a :class:`PatternRecord` for every pattern handed to a
+        reconstruction (background thread), e.g. to checkpoint the live state.
+    idle_timeout : float
+        Seconds without any document of an open run after which the run is finished and saved
+        without its stop (counted in ``status.missing_stops``). Default 300.
+    orphan_wait : float
+        Seconds an event (or event_page) whose descriptor has not arrived is held for it before
+        it is rejected. Default 5.
+    probe_dirs : sequence of paths, optional
+        When given, a start document's ``probe_init`` that is a file path is read only if it
+        resolves inside one of these directories (a relative path is taken relative to them);
+        otherwise the run is ignored with the same message whether or not the file exists.
+    max_orphans : int
+        Events held at most while waiting for their descriptors; the oldest is rejected beyond.
     """
 
     def __init__(
@@ -263,6 +228,11 @@ class PtychoCallback(event_model.DocumentRouter):
         final_passes: int | None = None,
         on_frame: Callable[[int, np.ndarray, np.ndarray | None, np.ndarray], None] | None = None,
         probe: Any = None,
+        on_pattern: Callable[[PatternRecord], None] | None = None,
+        idle_timeout: float = 300.0,
+        orphan_wait: float = 5.0,
+        probe_dirs: Sequence[str | Path] | None = None,
+        max_orphans: int = 256,
     ) -> None:
         super().__init__()
         self.probe: ProbeInit | np.ndarray | None
@@ -271,51 +241,95 @@ class PtychoCallback(event_model.DocumentRouter):
         else:
             self.probe = np.asarray(probe, dtype=np.complex64)
         self.on_frame = on_frame
+        self.on_pattern = on_pattern
         if setup is not None and not isinstance(setup, ScanSetup):
             raise TypeError(f"setup must be a ScanSetup, got {type(setup).__name__}")
+        for name, value in (("idle_timeout", idle_timeout), ("orphan_wait", orphan_wait)):
+            if not (isinstance(value, (int, float)) and value >= 0 and value == value):
+                raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
+        if int(max_orphans) < 0:
+            raise ValueError(f"max_orphans must be >= 0, got {max_orphans!r}")
         self.setup = setup
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.options = options or LiveOptions()
         self.final_passes = final_passes
-        self.assets = AssetRegistry(handlers)
+        self.idle_timeout = float(idle_timeout)
+        self.orphan_wait = float(orphan_wait)
+        self.max_orphans = int(max_orphans)
+        self.probe_dirs: tuple[Path, ...] | None = (
+            None
+            if probe_dirs is None
+            else tuple(Path(d).expanduser().resolve() for d in probe_dirs)
+        )
+        self.assets = AssetRegistry(handlers)  # the handlers every run's registry starts with
         self._observers = list(observers)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._docs: collections.Counter[str] = collections.Counter()
-        self._tally = _Tally(_MAX_REASONS)
+        self._tally = RejectionTally(_MAX_REASONS)
         self._runs = 0
-        self._run: _Run | None = None
-        self._last: _Run | None = None
-        self._ignored: set[str] = set()  # uids of ignored runs and of their descriptors
+        self._duplicates = 0
+        self._missing_stops = 0
+        self._open: dict[str, _Run] = {}
+        self._finished: collections.OrderedDict[str, _Run] = collections.OrderedDict()
+        self._current: _Run | None = None  # the latest started run
+        self._owner: dict[str, _Run] = {}  # descriptor, resource, stream_resource uid -> run
+        self._ignored = _BoundedSet(_KEEP_IGNORED)  # uids of ignored runs and their documents
+        self._dead: dict[str, str] = {}  # descriptor uid -> why its events cannot be used
+        self._orphans: collections.OrderedDict[str, list[_Held]] = collections.OrderedDict()
+        self._orphan_count = 0
+        self._handling: _Run | None = None  # the run of the document being handled
         self._jobs: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self._worker = threading.Thread(target=self._work, name="ptycho-callback", daemon=True)
         self._worker.start()
+        self._closing = threading.Event()
+        self._timer = threading.Thread(
+            target=self._watch, name="ptycho-callback-timer", daemon=True
+        )
+        self._timer.start()
 
     # ----------------------------------------------------------------- public
     def add_observer(self, fn: Callable[[Snapshot], None]) -> None:
-        """Receive snapshots of this and later runs."""
-        self._observers.append(fn)
-        if self._run is not None:
-            self._run.live.add_observer(fn)
+        """Receive snapshots of the open and later runs."""
+        with self._lock:
+            self._observers.append(fn)
+            for run in self._open.values():
+                run.live.add_observer(fn)
 
     @property
     def live(self) -> LiveReconstruction | None:
-        """The current (or last) run's reconstruction."""
-        run = self._run or self._last
+        """The current (latest started) run's reconstruction."""
+        run = self._current
         return run.live if run else None
 
-    def result(self, timeout: float | None = 60) -> ReconstructionState:
-        """Wait for the last run's final passes after its stop; return its state.
+    def result(self, timeout: float | None = 60, run_uid: str | None = None) -> ReconstructionState:
+        """Wait for a run's final passes after it ends; return its state.
+
+        A run ends with its stop document, or after ``idle_timeout`` seconds without documents
+        when the stop never comes.
+
+        Parameters
+        ----------
+        timeout : float or None
+            Seconds to wait.
+        run_uid : str, optional
+            The run (start uid); default the current (latest started) run.
 
         Raises
         ------
         TimeoutError
             If the run has not finished within ``timeout`` seconds.
         RuntimeError
-            If no run was ever started.
+            If no run was ever started, or ``run_uid`` is not known.
         """
-        run = self._run or self._last
-        if run is None:
-            raise RuntimeError("no run has been received yet")
+        with self._lock:
+            if run_uid is None:
+                run = self._current
+                if run is None:
+                    raise RuntimeError("no run has been received yet")
+            else:
+                run = self._open.get(run_uid) or self._finished.get(run_uid)
+                if run is None:
+                    raise RuntimeError(f"run {run_uid!r} is not known")
         if not run.done.wait(timeout):
             raise TimeoutError(f"run {run.uid} did not finish within {timeout} s")
         assert run.result is not None
@@ -323,32 +337,18 @@ class PtychoCallback(event_model.DocumentRouter):
 
     @property
     def result_path(self) -> Path | None:
-        """The last finished run's result file, when an output directory is set."""
-        run = self._last or self._run
-        return run.result_path if run else None
+        """The latest finished run's result file, when an output directory is set."""
+        with self._lock:
+            runs = [self._current] if self._current is not None else []
+            runs += list(reversed(self._finished.values()))
+        return next((r.result_path for r in runs if r.result_path is not None), None)
 
     @property
     def status(self) -> CallbackStatus:
-        """Documents seen, frames used, items rejected and why."""
+        """Documents seen, frames used, items rejected, lost and repeated, and why."""
         with self._lock:
-            run = self._run or self._last
-            live = run.live.status if run else None
+            run = self._current
             pending = run.frames_queued - run.frames_processed if run else 0
-            if run is None:
-                message = "waiting for a run"
-            elif run.message:
-                message = run.message
-            else:
-                message = f"run {run.uid[:8]}: {run.frames_used}/{run.frames_received} frames used"
-                worst = max(
-                    self._tally.entries(run.uid, every_run=False),
-                    key=lambda e: e.count,
-                    default=None,
-                )
-                if worst is not None:
-                    message += f"; {run.rejected} rejected, most for: {worst.message}"
-            if run is not None:
-                message += _progress_note(run, pending)
             rejections = tuple(self._tally.entries())
             return CallbackStatus(
                 documents=dict(self._docs),
@@ -360,31 +360,130 @@ class PtychoCallback(event_model.DocumentRouter):
                 finished=run.done.is_set() if run else False,
                 rejected=self._tally.total,
                 reasons=tuple(e.text() for e in rejections),
-                message=message,
-                live=live,
+                message=self._message(run, pending),
+                live=run.live.status if run else None,
                 rejections=rejections,
+                duplicates=self._duplicates,
+                lost=run.lost if run else 0,
+                missing_stops=self._missing_stops,
+                open_runs=tuple(self._open),
             )
 
+    def _message(self, run: _Run | None, pending: int) -> str:
+        if run is None:
+            return "waiting for a run"
+        message = f"run {run.uid[:8]}: {run.frames_used}/{run.frames_received} frames used"
+        if run.recovered:
+            message += f" ({run.recovered} recovered)"
+        worst = max(
+            self._tally.entries(run.uid, every_run=False), key=lambda e: e.count, default=None
+        )
+        if worst is not None:
+            message += f"; {run.rejected} rejected, most for: {worst.message}"
+        if run.lost:
+            message += f"; {run.lost} event(s) lost"
+        if not run.key_seen and run.key_reported:
+            message += f"; {run.key_note()}"
+        if run.message:
+            message += f"; {run.message}"
+        return message + _progress_note(run, pending)
+
     def close(self, timeout: float | None = 10) -> None:
-        """Stop the background thread (after finishing queued work)."""
+        """Stop the background threads (after finishing queued work)."""
+        self._closing.set()
         self._jobs.put(None)
         self._worker.join(timeout)
+        self._timer.join(timeout)
+
+    def resume_run(
+        self,
+        start: Mapping[str, Any],
+        descriptors: Sequence[Mapping[str, Any]],
+        patterns: Sequence[PatternRecord] = (),
+        *,
+        object_: np.ndarray | None = None,
+        probe: np.ndarray | None = None,
+    ) -> None:
+        """Open a run again after a crash, from its documents and checkpointed patterns.
+
+        The run is opened as if its start and descriptors had just been received; the saved
+        (already preprocessed) patterns go to its fresh reconstruction (not to ``on_frame`` or
+        ``on_pattern`` again), object and probe are imported when given, and the patterns'
+        ``(descriptor, seq_num)`` are marked as seen: a repeat of one is a duplicate, later
+        events of the run are used, and the events never checkpointed show as ``lost``.
+
+        Raises
+        ------
+        ValueError
+            If the start cannot be used (no ``uid``, no usable ``ptycho`` metadata and no
+            fallback setup), the run is already open, a pattern belongs to another run, or
+            object/probe have the wrong shape.
+        """
+        with self._lock:
+            uid = start.get("uid") if isinstance(start, Mapping) else None
+            if not isinstance(uid, str) or not uid:
+                raise ValueError("resume_run: the start document has no uid")
+            if uid in self._open:
+                raise ValueError(f"resume_run: run {uid} is already open")
+            for rec in patterns:
+                if rec.run_uid != uid:
+                    raise ValueError(
+                        f"resume_run: a pattern of run {rec.run_uid!r} is not of {uid}"
+                    )
+            run = self._open_run(start, probe_override=probe)
+            for desc in descriptors:
+                self._handle("descriptor", desc)
+            positions = []
+            for rec in patterns:
+                run.live.submit(rec.intensities, rec.positions_px, rec.mask)
+                positions.append(np.asarray(rec.positions_px, dtype=np.float64).reshape(2))
+                stream = run.streams.setdefault(rec.descriptor, StreamCount())
+                stream.add(rec.seq_num)
+                if rec.seq_num is not None:
+                    run.event_seqs.add((rec.descriptor, rec.seq_num))
+                run.frames_received += 1
+                run.frames_used += 1
+            run.recovered = len(patterns)
+            if object_ is not None:
+                start_probe = probe if probe is not None else run.live.state().probe
+                if not np.any(np.abs(np.asarray(start_probe)) > 0):
+                    raise ValueError("resume_run: object_ needs a probe (none given, none made)")
+                run.live.load_state(
+                    ReconstructionState(
+                        object=np.asarray(object_, dtype=np.complex64),
+                        probe=np.asarray(start_probe, dtype=np.complex64),
+                        positions_px=np.array(positions).reshape(-1, 2),
+                    )
+                )
+            run.last_activity = time.monotonic()
+            logger.info("run %s resumed with %d recovered pattern(s)", uid[:8], len(patterns))
 
     # ----------------------------------------------------------------- dispatch
     def __call__(self, name: str, doc: dict, validate: bool = False) -> tuple[str, dict]:
         with self._lock:
-            self._docs[name] += 1
-        try:
-            return super().__call__(name, doc, validate)
-        except Exception as exc:  # never let a document kill the RunEngine
-            self._reject(
-                name,
-                doc,
-                f"{type(exc).__name__}: {exc}",
-                cause=_cause_key(exc),
-                exc_info=not isinstance(exc, (AssetError, ValueError)),
-            )
-            return name, doc
+            self._docs[str(name)] += 1
+            self._handling = None
+            try:
+                self._handle(name, doc)
+            except Exception as exc:  # never let a document kill the RunEngine
+                self._reject(
+                    name,
+                    doc,
+                    f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError) else str(exc),
+                    run=self._handling,
+                    cause=_cause_key(exc),
+                    exc_info=not isinstance(exc, (AssetError, ValueError)),
+                )
+            finally:
+                self._handling = None
+        return name, doc
+
+    def _handle(self, name: str, doc: Any) -> None:
+        if not isinstance(doc, Mapping):
+            raise _DocumentRejected("NOT_A_DICT", f"not a document: {type(doc).__name__}")
+        if name not in _HANDLED:
+            raise _DocumentRejected("UNKNOWN_NAME", f"unknown document name {name!r}")
+        getattr(self, name)(doc)
 
     def _reject(
         self,
@@ -392,15 +491,16 @@ class PtychoCallback(event_model.DocumentRouter):
         doc: Any,
         reason: str,
         *,
+        run: _Run | None = None,
         cause: str | None = None,
         exc_info: bool = False,
     ) -> None:
-        seq = doc.get("seq_num") if isinstance(doc, Mapping) else None
+        seq = usable_seq_num(doc.get("seq_num")) if isinstance(doc, Mapping) else None
         self._record(
-            self._run,
+            run,
             f"{_where(name, doc)}: {reason}",
             cause or f"{name}: {reason}",
-            seq if isinstance(seq, int) else None,
+            seq,
             exc_info=exc_info,
         )
 
@@ -412,15 +512,16 @@ class PtychoCallback(event_model.DocumentRouter):
         seq_num: int | None,
         *,
         exc_info: bool = False,
+        run_uid: str | None = None,
     ) -> None:
         """Count a rejected item under its cause; log the first, then at 10, 100, 1000..."""
         with self._lock:
-            entry = self._tally.add(run.uid if run else None, cause, text, seq_num)
+            entry = self._tally.add(run.uid if run else run_uid, cause, text, seq_num)
             if run is not None:
                 run.rejected += 1
         if entry.count == 1:
             logger.warning("rejected %s", text, exc_info=exc_info)
-        elif _count_worth_logging(entry.count):
+        elif count_worth_logging(entry.count):
             logger.warning(
                 "rejected %d items so far for the same cause (%s); first: %s",
                 entry.count,
@@ -430,49 +531,61 @@ class PtychoCallback(event_model.DocumentRouter):
         else:
             logger.debug("rejected %s", text)
 
-    # ----------------------------------------------------------------- documents
-    def start(self, doc: RunStart) -> None:
-        if self._run is not None:
-            self._close_run(self._run, "superseded: a new run started before its stop")
-        self.assets.clear()
-        uid = str(doc.get("uid", ""))
-        try:
-            start: Mapping[str, Any] = doc  # start["ptycho"] is the contract's own key
-            if START_KEY in start:
-                setup = ScanSetup.from_start_doc(start[START_KEY])
-            elif self.setup is not None:
-                setup = self.setup
-            else:
-                raise ValueError(
-                    f'no start["{START_KEY}"] and no ScanSetup given to PtychoCallback'
-                )
-        except ValueError as exc:
-            self._ignored.add(uid)
-            self._reject("start", doc, f"run ignored: {exc}")
-            return
-        size = setup.frame_size
-        try:
-            frame = setup.object_frame()
-            probe = self._initial_probe(setup)
-            live = LiveReconstruction(
-                frame.object_shape,
-                (size, size),
-                expected_patterns=setup.expected_points,
-                probe=probe,
-                options=self.options,
-                name=f"ptycho-{uid[:8]}",
+    def _duplicate(self, name: str, doc: Mapping[str, Any], run: _Run | None) -> None:
+        self._duplicates += 1
+        if run is not None:
+            run.last_activity = time.monotonic()
+        logger.debug(
+            "%s received again: not used (%d duplicates)", _where(name, doc), self._duplicates
+        )
+
+    # ----------------------------------------------------------------- runs
+    def start(self, doc: Mapping[str, Any]) -> None:
+        uid = doc.get("uid")
+        if not isinstance(uid, str) or not uid:
+            raise _DocumentRejected(
+                "START_WITHOUT_UID", "start document without a uid: ignored, no open run affected"
             )
+        if uid in self._open or uid in self._finished or uid in self._ignored:
+            self._duplicate("start", doc, self._open.get(uid))
+            return
+        try:
+            self._open_run(doc)
         except (ValueError, OSError) as exc:
             self._ignored.add(uid)
-            self._reject("start", doc, f"run ignored: {exc}")
-            return
+            self._reject("start", doc, f"run ignored: {exc}", cause=f"run ignored: {exc}")
+
+    def _open_run(self, doc: Mapping[str, Any], probe_override: Any = None) -> _Run:
+        """Make a run from its start document; ValueError/OSError if it cannot be used."""
+        uid = str(doc["uid"])
+        if START_KEY in doc:
+            setup = ScanSetup.from_start_doc(doc[START_KEY])
+        elif self.setup is not None:
+            setup = self.setup
+        else:
+            raise ValueError(f'no start["{START_KEY}"] and no ScanSetup given to PtychoCallback')
+        size = setup.frame_size
+        frame = setup.object_frame()
+        probe = probe_override if probe_override is not None else self._initial_probe(setup)
+        live = LiveReconstruction(
+            frame.object_shape,
+            (size, size),
+            expected_patterns=setup.expected_points,
+            probe=probe,
+            options=self.options,
+            name=f"ptycho-{uid[:8]}",
+        )
         for fn in self._observers:
             live.add_observer(fn)
-        run = _Run(uid=uid, setup=setup, live=live, start_doc=doc, object_frame=frame)
-        with self._lock:
-            self._run = run
-            self._runs += 1
+        assets = AssetRegistry(self.assets.handlers, self.assets.root_map)
+        run = _Run(
+            uid=uid, setup=setup, live=live, start_doc=doc, assets=assets, object_frame=frame
+        )
+        self._open[uid] = run
+        self._current = run
+        self._runs += 1
         live.start()
+        return run
 
     def _initial_probe(self, setup: ScanSetup) -> Any:
         if self.probe is not None:
@@ -481,122 +594,398 @@ class PtychoCallback(event_model.DocumentRouter):
         if isinstance(start, str) and start:
             from bluesky_ptycho.io.result import read_result
 
-            return read_result(start).state.probe
+            return read_result(self._probe_path(start)).state.probe
         return start
 
-    def descriptor(self, doc: EventDescriptor) -> None:
-        if doc.get("run_start") in self._ignored:
-            self._ignored.add(doc.get("uid", ""))
+    def _probe_path(self, value: str) -> Path:
+        """The file ``probe_init`` names, if allowed by ``probe_dirs``; one message otherwise."""
+        path = Path(value).expanduser()
+        dirs = self.probe_dirs
+        if dirs is None:
+            return path
+        candidates = [path] if path.is_absolute() else [d / path for d in dirs]
+        inside = []
+        for candidate in candidates:
+            resolved = candidate.resolve()
+            if any(resolved.is_relative_to(d) for d in dirs):
+                inside.append(resolved)
+        if not inside:
+            raise ValueError(
+                f"probe_init {value!r} is not inside the allowed probe directories "
+                f"{[str(d) for d in dirs]}: refused"
+            )
+        return next((p for p in inside if p.exists()), inside[0])
+
+    def descriptor(self, doc: Mapping[str, Any]) -> None:
+        uid = doc.get("uid")
+        if not isinstance(uid, str) or not uid:
+            raise _DocumentRejected("NO_UID", "descriptor without a uid")
+        run_start = doc.get("run_start")
+        if run_start in self._ignored:
+            self._ignored.add(uid)
+            self._drop_orphans(uid)
             return
-        run = self._current(doc, "descriptor")
+        run = self._run_named(run_start)
         if run is None:
+            reason = self._no_run(run_start)
+            self._dead[uid] = reason
+            raise _DocumentRejected("NO_RUN", reason)
+        self._handling = run
+        if uid in run.doc_uids:
+            self._duplicate("descriptor", doc, run)
             return
-        run.descriptors[doc["uid"]] = doc
-        data_keys: Mapping[str, Any] = doc.get("data_keys") or {}
-        info: Mapping[str, Any] = data_keys.get(run.setup.detector_key) or {}
-        shape = [int(s) for s in info.get("shape") or []]
+        if run.closed:
+            reason = f"its run {run.uid[:8]} has already ended"
+            self._dead[uid] = reason
+            raise _DocumentRejected("RUN_ENDED", reason)
+        run.doc_uids.add(uid)
+        run.last_activity = time.monotonic()
+        run.descriptors[uid] = doc
+        name = doc.get("name")
+        run.streams[uid] = StreamCount(name=name if isinstance(name, str) else "")
+        self._owner[uid] = run
+        data_keys = doc.get("data_keys")
+        if not isinstance(data_keys, Mapping):
+            data_keys = {}
+        run.keys_seen.update(str(k) for k in data_keys)
+        info = data_keys.get(run.setup.detector_key)
+        shape_value = info.get("shape") if isinstance(info, Mapping) else None
+        try:
+            shape = [int(s) for s in shape_value or []]
+        except (TypeError, ValueError):
+            shape = []
         while len(shape) > 2 and shape[0] == 1:
             shape = shape[1:]
-        if len(shape) == 2:
-            run.detector_shape = tuple(shape)
+        if len(shape) == 2 and min(shape) > 0 and run.detector_shape is None:
+            run.detector_shape = (shape[0], shape[1])
+        for held in self._orphans.pop(uid, []):  # the events that waited for it
+            self._orphan_count -= 1
+            try:
+                self._handle_event(held.doc)
+            except Exception as exc:
+                self._reject(
+                    "event",
+                    held.doc,
+                    str(exc),
+                    run=run,
+                    cause=_cause_key(exc),
+                    exc_info=not isinstance(exc, (AssetError, ValueError)),
+                )
+        self._handling = run
 
-    def event(self, doc: Event) -> Event:
-        run = self._current(doc, "event")
-        if run is None:
-            return doc
-        descriptor = run.descriptors.get(doc.get("descriptor"))
-        if descriptor is None:
-            self._reject("event", doc, f"unknown descriptor {doc.get('descriptor')!r}")
-            return doc
-        setup = run.setup
-        data_keys = descriptor.get("data_keys", {})
-        if setup.detector_key not in data_keys:
-            return doc  # another stream (baseline, monitors): not ours
-        data = doc.get("data", {})
-        missing = [k for k in setup.position_keys if k not in data]
-        if missing:
-            self._reject("event", doc, f"position key(s) {missing} missing from event data")
-            return doc
-        try:
-            readbacks = [float(data[k]) for k in setup.position_keys]
-        except (TypeError, ValueError):
-            self._reject(
-                "event",
-                doc,
-                f"position readbacks are not numbers: {[data[k] for k in setup.position_keys]!r}",
-            )
-            return doc
-        run.frames_received += 1
-        key = setup.detector_key
-        external = str(data_keys[key].get("external", ""))
-        seq_num = int(doc.get("seq_num", -1))
-        if (
-            key in data
-            and doc.get("filled", {}).get(key, True) is not False
-            and not isinstance(data[key], str)
-        ):
-            source: Any = np.array(data[key], copy=True)  # the device may reuse its buffer
-        elif key in data:
-            source = self.assets.locate_datum(str(data[key]))
-        elif external.startswith("STREAM"):
-            source = self.assets.locate_stream(doc["descriptor"], key, seq_num)
-        else:
-            self._reject("event", doc, f"detector key {key!r} missing from event data")
-            return doc
-        with self._lock:
-            run.frames_queued += 1
-        self._jobs.put(("frame", run, _where("event", doc), seq_num, source, readbacks))
-        return doc
-
-    def resource(self, doc: Resource) -> None:
-        if doc.get("run_start") not in self._ignored:
-            self.assets.add_resource(doc)
-
-    def datum(self, doc: Datum) -> Datum:
-        self.assets.add_datum(doc)
-        return doc
-
-    def stream_resource(self, doc: StreamResource) -> None:
-        self.assets.add_stream_resource(doc)
-
-    def stream_datum(self, doc: StreamDatum) -> None:
-        self.assets.add_stream_datum(doc)
-
-    def stop(self, doc: RunStop) -> None:
-        run = self._current(doc, "stop")
-        if run is None:
+    def stop(self, doc: Mapping[str, Any]) -> None:
+        run_start = doc.get("run_start")
+        if run_start in self._ignored:
             return
+        run = self._run_named(run_start)
+        if run is None:
+            raise _DocumentRejected("NO_RUN", self._no_run(run_start))
+        self._handling = run
+        if run.stopped:
+            self._duplicate("stop", doc, run)
+            return
+        run.stopped = True
         status = str(doc.get("exit_status", "success"))
         run.exit_status = status
+        self._expect(run, doc.get("num_events"))
+        if run.closed:  # finished by the idle timeout; the stop came late
+            logger.warning(
+                "run %s: its stop came after the idle timeout had finished it; %d event(s) lost",
+                run.uid[:8],
+                run.lost,
+            )
+            return
+        message = ""
         if status != "success":
             reason = doc.get("reason", "") or ""
-            self._close_run(
-                run,
-                f"run ended with exit_status {status!r}{': ' + reason if reason else ''}; "
-                "kept the frames received",
+            message = (
+                f"run ended with exit_status {status!r}{': ' + str(reason) if reason else ''}; "
+                "kept the frames received"
             )
-        else:
-            self._close_run(run, "")
+        self._close_run(run, message)
 
-    # ----------------------------------------------------------------- helpers
-    def _current(self, doc: Mapping[str, Any], name: str) -> _Run | None:
-        """The open run a document belongs to; None (reported) when there is none."""
-        owner = doc.get("run_start") or doc.get("descriptor")
-        if owner is not None and owner in self._ignored:
+    @staticmethod
+    def _expect(run: _Run, num_events: Any) -> None:
+        """Take the stop's ``num_events`` per stream as the number of events each should have."""
+        if not isinstance(num_events, Mapping):
+            return
+        for stream_name, count in num_events.items():
+            n = usable_seq_num(count)
+            streams = [s for s in run.streams.values() if s.name == stream_name]
+            if n is not None and len(streams) == 1:
+                streams[0].expected = n
+
+    def _run_named(self, run_start: Any) -> _Run | None:
+        """The run a document names (open or recently finished); the latest open one when the
+        document names none (old documents without ``run_start``)."""
+        if run_start is None:
+            return next(reversed(self._open.values()), None) if self._open else None
+        if not isinstance(run_start, str):
             return None
-        run = self._run
-        if run is None:
-            self._reject(name, doc, "no run is open (document without its start)")
-        return run
+        return self._open.get(run_start) or self._finished.get(run_start)
+
+    def _no_run(self, run_start: Any) -> str:
+        if run_start is None:
+            return "no run is open (document without its start)"
+        return f"run_start {run_start!r} names no run received (its start is missing or unusable)"
 
     def _close_run(self, run: _Run, message: str) -> None:
         run.message = message
         run.closed = True
-        with self._lock:
-            self._last = run
-            if self._run is run:
-                self._run = None
+        self._open.pop(run.uid, None)
+        self._finished[run.uid] = run
+        while len(self._finished) > _KEEP_FINISHED:
+            _, old = self._finished.popitem(last=False)
+            for uid in [u for u, r in self._owner.items() if r is old]:
+                del self._owner[uid]
         self._jobs.put(("finish", run))
+
+    # ----------------------------------------------------------------- events
+    def event(self, doc: Any) -> Any:
+        self._handle_event(doc)
+        return doc
+
+    def event_page(self, doc: Any) -> Any:
+        for row in _unpack_event_page(doc):
+            try:
+                self._handle_event(row)
+            except Exception as exc:  # one bad row is one rejected event
+                self._reject(
+                    "event",
+                    row,
+                    str(exc),
+                    run=self._handling,
+                    cause=_cause_key(exc),
+                    exc_info=not isinstance(exc, (AssetError, ValueError)),
+                )
+        return doc
+
+    def _handle_event(self, doc: Mapping[str, Any]) -> None:
+        self._handling = None
+        desc = doc.get("descriptor")
+        if not isinstance(desc, str):
+            raise _DocumentRejected("NO_DESCRIPTOR", f"event without a descriptor uid ({desc!r})")
+        if desc in self._ignored:
+            return
+        run = self._owner.get(desc)
+        if run is None:
+            if desc in self._dead:
+                raise _DocumentRejected(
+                    "NO_RUN", f"descriptor {desc!r} was not used: {self._dead[desc]}"
+                )
+            self._hold(desc, doc)
+            return
+        self._handling = run
+        uid = doc.get("uid")
+        seq = usable_seq_num(doc.get("seq_num"))
+        if (isinstance(uid, str) and uid in run.event_uids) or (
+            seq is not None and (desc, seq) in run.event_seqs
+        ):
+            self._duplicate("event", doc, run)
+            return
+        if run.closed:
+            raise _DocumentRejected(
+                "RUN_ENDED",
+                f"its run {run.uid[:8]} has already ended"
+                + (" (finished by the idle timeout)" if run.missing_stop else ""),
+            )
+        if isinstance(uid, str):
+            run.event_uids.add(uid)
+        if seq is not None:
+            run.event_seqs.add((desc, seq))
+        stream = run.streams[desc]
+        stream.add(seq)
+        run.last_activity = time.monotonic()
+        self._use_event(run, doc, desc, seq, stream)
+
+    def _use_event(
+        self, run: _Run, doc: Mapping[str, Any], desc: str, seq: int | None, stream: StreamCount
+    ) -> None:
+        setup = run.setup
+        key = setup.detector_key
+        data_keys = run.descriptors[desc].get("data_keys")
+        if not isinstance(data_keys, Mapping) or key not in data_keys:
+            # another stream (baseline, monitors); or a wrong detector_key: say so once
+            received = len(stream.seen) + stream.unnumbered
+            if (
+                not run.key_seen
+                and not run.key_reported
+                and (stream.name == "primary" or received >= 2)
+            ):
+                run.key_reported = True
+                self._record(run, run.key_note(), "DETECTOR_KEY_MISSING", None)
+            return
+        data = doc.get("data")
+        if not isinstance(data, Mapping):
+            raise _DocumentRejected("NO_DATA", "event data is not a dict")
+        missing = [k for k in setup.position_keys if k not in data]
+        if missing:
+            raise _DocumentRejected(
+                "POSITION_MISSING", f"position key(s) {missing} missing from event data"
+            )
+        try:
+            readbacks = [float(data[k]) for k in setup.position_keys]
+        except (TypeError, ValueError):
+            raise _DocumentRejected(
+                "POSITION_NOT_NUMBER",
+                f"position readbacks are not numbers: {[data[k] for k in setup.position_keys]!r}",
+            ) from None
+        run.frames_received += 1
+        info = data_keys[key]
+        external = str(info.get("external", "")) if isinstance(info, Mapping) else ""
+        filled = doc.get("filled")
+        filled = filled if isinstance(filled, Mapping) else {}
+        source: Any
+        if key in data and filled.get(key, True) is not False and not isinstance(data[key], str):
+            source = np.array(data[key], copy=True)  # the device may reuse its buffer
+        elif key in data:
+            source = run.assets.locate_datum(str(data[key]))
+        elif external.startswith("STREAM"):
+            if seq is None:
+                raise _DocumentRejected(
+                    "SEQ_NUM",
+                    f"seq_num {doc.get('seq_num')!r} is not a usable sequence number, and a "
+                    "stream frame is found by it",
+                )
+            source = run.assets.locate_stream(desc, key, seq)
+        else:
+            raise _DocumentRejected(
+                "DETECTOR_MISSING", f"detector key {key!r} missing from event data"
+            )
+        run.frames_queued += 1
+        self._jobs.put(("frame", run, _where("event", doc), seq, desc, source, readbacks))
+
+    def _hold(self, desc: str, doc: Mapping[str, Any]) -> None:
+        """Keep an event whose descriptor has not arrived (bounded; the oldest goes first)."""
+        if self.max_orphans == 0:
+            self._reject_orphan(_Held(time.monotonic(), doc), desc, "no descriptor yet, none held")
+            return
+        self._orphans.setdefault(desc, []).append(_Held(time.monotonic(), doc))
+        self._orphan_count += 1
+        while self._orphan_count > self.max_orphans:
+            oldest_desc = next(iter(self._orphans))
+            held = self._orphans[oldest_desc].pop(0)
+            if not self._orphans[oldest_desc]:
+                del self._orphans[oldest_desc]
+            self._orphan_count -= 1
+            self._reject_orphan(
+                held, oldest_desc, f"more than {self.max_orphans} events waited for descriptors"
+            )
+
+    def _reject_orphan(self, held: _Held, desc: str, why: str) -> None:
+        self._reject(
+            "event",
+            held.doc,
+            f"unknown descriptor {desc!r}: {why}",
+            cause="NO_DESCRIPTOR",
+        )
+
+    def _drop_orphans(self, desc: str) -> None:
+        self._orphan_count -= len(self._orphans.pop(desc, []))
+
+    # ----------------------------------------------------------------- assets
+    def _asset_run(self, doc: Mapping[str, Any], name: str) -> _Run | None:
+        uid = doc.get("uid")
+        run_start = doc.get("run_start")
+        if run_start in self._ignored:
+            if isinstance(uid, str):
+                self._ignored.add(uid)
+            return None
+        run = self._run_named(run_start)
+        if run is None:
+            raise _DocumentRejected("NO_RUN", self._no_run(run_start))
+        self._handling = run
+        if not isinstance(uid, str) or not uid:
+            raise _DocumentRejected("NO_UID", f"{name} without a uid")
+        if uid in run.doc_uids:
+            self._duplicate(name, doc, run)
+            return None
+        run.doc_uids.add(uid)
+        run.last_activity = time.monotonic()
+        self._owner[uid] = run
+        return run
+
+    def resource(self, doc: Mapping[str, Any]) -> None:
+        run = self._asset_run(doc, "resource")
+        if run is not None:
+            run.assets.add_resource(doc)
+
+    def stream_resource(self, doc: Mapping[str, Any]) -> None:
+        run = self._asset_run(doc, "stream_resource")
+        if run is not None:
+            run.assets.add_stream_resource(doc)
+
+    def _owned(self, doc: Mapping[str, Any], ref_key: str, uid_key: str, name: str) -> _Run | None:
+        ref = doc.get(ref_key)
+        if ref in self._ignored:
+            return None
+        run = self._owner.get(ref) if isinstance(ref, str) else None
+        if run is None:
+            what = "resource" if ref_key == "resource" else "stream_resource"
+            raise AssetError(f"{name} refers to unknown {what} {ref!r}", cause="UNKNOWN_RESOURCE")
+        self._handling = run
+        uid = doc.get(uid_key)
+        if isinstance(uid, str) and uid in run.doc_uids:
+            self._duplicate(name, doc, run)
+            return None
+        if isinstance(uid, str):
+            run.doc_uids.add(uid)
+        run.last_activity = time.monotonic()
+        return run
+
+    def datum(self, doc: Any) -> Any:
+        run = self._owned(doc, "resource", "datum_id", "datum")
+        if run is not None:
+            run.assets.add_datum(doc)
+        return doc
+
+    def datum_page(self, doc: Mapping[str, Any]) -> None:
+        for datum in event_model.unpack_datum_page(doc):  # type: ignore[arg-type]
+            self.datum(datum)
+
+    def stream_datum(self, doc: Mapping[str, Any]) -> None:
+        run = self._owned(doc, "stream_resource", "uid", "stream_datum")
+        if run is not None:
+            run.assets.add_stream_datum(doc)
+
+    # ----------------------------------------------------------------- timers
+    def _watch(self) -> None:
+        """Finish runs whose stop never comes; reject events whose descriptor never comes."""
+        tick = min(max(min(self.idle_timeout, self.orphan_wait) / 4, 0.02), 1.0)
+        while not self._closing.wait(tick):
+            try:
+                self._check_timers(time.monotonic())
+            except Exception:  # keep watching whatever happens
+                logger.exception("ptycho callback timer failed")
+
+    def _check_timers(self, now: float) -> None:
+        with self._lock:
+            for run in list(self._open.values()):
+                idle = now - run.last_activity
+                if idle >= self.idle_timeout:
+                    self._missing_stops += 1
+                    run.missing_stop = True
+                    logger.warning(
+                        "run %s: no stop document and no document for %.3g s: finishing it "
+                        "without its stop",
+                        run.uid[:8],
+                        idle,
+                    )
+                    self._close_run(
+                        run,
+                        f"no stop document: finished after {self.idle_timeout:g} s without "
+                        "documents (idle timeout)",
+                    )
+            for desc in list(self._orphans):
+                held_list = self._orphans[desc]
+                while held_list and now - held_list[0].since >= self.orphan_wait:
+                    held = held_list.pop(0)
+                    self._orphan_count -= 1
+                    self._reject_orphan(
+                        held, desc, f"no such descriptor arrived within {self.orphan_wait:g} s"
+                    )
+                if not held_list:
+                    del self._orphans[desc]
 
     # ----------------------------------------------------------------- background work
     def _work(self) -> None:
@@ -614,11 +1003,18 @@ class PtychoCallback(event_model.DocumentRouter):
                 logger.exception("ptycho callback worker failed on %s", job[0])
 
     def _ingest(
-        self, run: _Run, where: str, seq_num: int, source: Any, readbacks: list[float]
+        self,
+        run: _Run,
+        where: str,
+        seq_num: int | None,
+        desc: str,
+        source: Any,
+        readbacks: list[float],
     ) -> None:
+        item: tuple[Any, ...] = (where, seq_num, desc, None, readbacks)
         try:
             if isinstance(source, (DatumLocator, StreamLocator)):
-                raw = self.assets.read(source)
+                raw = run.assets.read(source)
             else:
                 raw = source
             raw = np.asarray(raw)
@@ -628,14 +1024,56 @@ class PtychoCallback(event_model.DocumentRouter):
                 raise _FrameRejected(
                     "NOT_2D", f"frame has shape {raw.shape}, expected a 2-D detector image"
                 )
+            item = (where, seq_num, desc, raw, readbacks)
             if run.detector_shape is None:
-                run.detector_shape = tuple(raw.shape)
-            if tuple(raw.shape) != tuple(run.detector_shape):
+                decided = run.shape_vote.add(tuple(raw.shape), item)
+                if decided is not None:
+                    self._settle_shape(run, decided)
+                return
+        except Exception as exc:
+            self._frame_failed(run, item, exc)
+            return
+        self._use(run, item)
+
+    def _settle_shape(self, run: _Run, shape: tuple[int, ...]) -> None:
+        """Fix the run's detector shape and use (or reject) the frames held for the vote."""
+        run.detector_shape = shape
+        held = run.shape_vote.release()
+        if len(held) > 1:
+            logger.info(
+                "run %s: detector shape %s agreed by the first frames (the descriptor gives none)",
+                run.uid[:8],
+                shape,
+            )
+        for item in held:
+            self._use(run, item)
+
+    def _frame_failed(self, run: _Run, item: tuple[Any, ...], exc: BaseException) -> None:
+        where, seq_num = item[0], item[1]
+        try:
+            if isinstance(exc, (AssetError, ValueError)):
+                self._record(run, f"{where}: {exc}", _cause_key(exc) or str(exc), seq_num)
+            else:  # a handler's own error type, a bad array...: still one item
+                self._record(
+                    run,
+                    f"{where}: {type(exc).__name__}: {exc}",
+                    _cause_key(exc) or type(exc).__name__,
+                    seq_num,
+                    exc_info=True,
+                )
+        finally:
+            with self._lock:
+                run.frames_processed += 1
+
+    def _use(self, run: _Run, item: tuple[Any, ...]) -> None:
+        _, seq_num, desc, raw, readbacks = item
+        try:
+            if tuple(raw.shape) != tuple(run.detector_shape or raw.shape):
                 cause = ReadCause.SHAPE_CHANGED
                 raise _FrameRejected(
                     cause,
                     f"frame shape {tuple(raw.shape)} differs from the detector's "
-                    f"{tuple(run.detector_shape)}: {cause.summary}. Fix: {cause.fix}",
+                    f"{tuple(run.detector_shape or ())}: {cause.summary}. Fix: {cause.fix}",
                 )
             if run.preprocess is None:
                 run.preprocess = run.setup.preprocess_config(raw_shape=raw.shape)
@@ -661,26 +1099,60 @@ class PtychoCallback(event_model.DocumentRouter):
                     f"fixed from the nominal scan",
                 )
             index = run.live.submit(out.intensities, pos_px, out.mask)
+        except Exception as exc:
+            self._frame_failed(run, item, exc)
+            return
+        with self._lock:
             run.frames_used += 1
+            run.frames_processed += 1
+        mask = None if out.mask is None else out.mask[0]
+        self._call_hooks(run, desc, seq_num, index, out.intensities[0], mask, pos_px[0])
+
+    def _call_hooks(
+        self,
+        run: _Run,
+        desc: str,
+        seq_num: int | None,
+        index: int,
+        intensities: np.ndarray,
+        mask: np.ndarray | None,
+        pos_px: np.ndarray,
+    ) -> None:
+        """``on_frame`` and ``on_pattern``; their errors are logged, never the frame's."""
+        try:
             if self.on_frame is not None:
-                self.on_frame(
-                    index, out.intensities[0], None if out.mask is None else out.mask[0], pos_px[0]
+                self.on_frame(index, intensities, mask, pos_px)
+            if self.on_pattern is not None:
+                self.on_pattern(
+                    PatternRecord(run.uid, desc, seq_num, index, intensities, mask, pos_px)
                 )
-        except (AssetError, ValueError) as exc:
-            text = f"{where}: {exc}"
-            self._record(run, text, _cause_key(exc) or str(exc), seq_num)
-        except Exception as exc:  # a handler's own error type, a bad array...: still one item
-            text = f"{where}: {type(exc).__name__}: {exc}"
-            self._record(run, text, _cause_key(exc) or type(exc).__name__, seq_num, exc_info=True)
-        finally:
-            with self._lock:
-                run.frames_processed += 1
+        except Exception:
+            logger.exception("run %s: the on_frame/on_pattern hook failed", run.uid[:8])
 
     def _finish(self, run: _Run) -> None:
+        if run.shape_vote.held:  # fewer frames than the vote needs: decide with what came
+            decided = run.shape_vote.decide()
+            assert decided is not None
+            self._settle_shape(run, decided)
         with self._lock:
             repeated = [e for e in self._tally.entries(run.uid, every_run=False) if e.count > 1]
+            lost = run.lost
+            key_note = None if run.key_seen else run.key_note()
+            if key_note is not None and not run.key_reported:
+                run.key_reported = True
+                self._record(run, key_note, "DETECTOR_KEY_MISSING", None)
         for entry in repeated:  # the final count of every cause that hit several items
             logger.warning("run %s: %s", run.uid[:8], entry.text())
+        if lost:
+            gaps = {s.name or uid[:8]: s.lost for uid, s in run.streams.items() if s.lost}
+            logger.warning(
+                "run %s: %d event(s) lost (seq_num gaps and the stop's num_events, per stream: %s)",
+                run.uid[:8],
+                lost,
+                gaps,
+            )
+        if key_note is not None:
+            logger.warning("run %s: %s", run.uid[:8], key_note)
         live = run.live
         live.finish(self.final_passes)
         threading.Thread(
@@ -706,24 +1178,61 @@ class PtychoCallback(event_model.DocumentRouter):
         assert output_dir is not None  # _save is called only with an output directory
         output_dir.mkdir(parents=True, exist_ok=True)
         start = run.start_doc
-        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(start.get("time", time.time())))
+        started = start.get("time")
+        if not isinstance(started, (int, float)):
+            started = time.time()
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(started))
         path = output_dir / f"ptycho-{stamp}-{run.uid[:8]}.h5"
         status = run.live.status
         metadata = {
             "run_uid": run.uid,
             "scan_id": start.get("scan_id"),
             "plan_name": start.get("plan_name"),
-            "exit_status": run.exit_status or "unknown",
+            "exit_status": run.exit_status or ("no stop" if run.missing_stop else "unknown"),
             "frames_received": run.frames_received,
             "frames_used": run.frames_used,
             "rejected": run.rejected + status.rejected,
             "rejections": [e.text() for e in self.status.rejections if e.run_uid == run.uid],
+            "lost": run.lost,
+            "missing_stop": run.missing_stop,
             "message": run.message,
             START_KEY: run.setup.to_start_doc(),
         }
         return write_result(
             path, state, geometry=run.setup.geometry(), metadata=metadata, overwrite=True
         )
+
+
+def _unpack_event_page(doc: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    """The events of an event_page; ``_DocumentRejected`` if its columns do not line up."""
+    try:
+        uids = list(doc["uid"])
+        seqs = list(doc["seq_num"])
+        times = list(doc["time"])
+        data = {k: list(v) for k, v in dict(doc["data"]).items()}
+        stamps = {k: list(v) for k, v in dict(doc.get("timestamps") or {}).items()}
+        filled = {k: list(v) for k, v in dict(doc.get("filled") or {}).items()}
+        desc = doc["descriptor"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _DocumentRejected(
+            "BAD_EVENT_PAGE", f"malformed event_page ({type(exc).__name__}: {exc})"
+        ) from None
+    n = len(uids)
+    columns = [seqs, times, *data.values(), *stamps.values(), *filled.values()]
+    if any(len(c) != n for c in columns):
+        raise _DocumentRejected(
+            "BAD_EVENT_PAGE", f"malformed event_page: its columns are not all {n} rows long"
+        )
+    for i in range(n):
+        yield {
+            "descriptor": desc,
+            "uid": uids[i],
+            "seq_num": seqs[i],
+            "time": times[i],
+            "data": {k: v[i] for k, v in data.items()},
+            "timestamps": {k: v[i] for k, v in stamps.items()},
+            "filled": {k: v[i] for k, v in filled.items()},
+        }
 
 
 def _progress_note(run: _Run, pending: int) -> str:

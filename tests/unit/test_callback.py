@@ -11,77 +11,20 @@ import h5py
 import numpy as np
 import pytest
 
-from bluesky_ptycho.callback import PtychoCallback
 from bluesky_ptycho.io.result import read_result
 from bluesky_ptycho.live import LiveOptions
-from bluesky_ptycho.setup import ScanSetup
 
-DET, SY, SX = "det_image", "sy", "sx"
 FAST = LiveOptions(final_passes=2)
 
 
-@pytest.fixture(scope="module")
-def setup(small_dataset) -> ScanSetup:
-    g = small_dataset.geometry
-    return ScanSetup(
-        energy_eV=g.energy_eV,
-        detector_distance_m=g.detector_distance_m,
-        detector_pixel_m=g.detector_pixel_m,
-        crop=small_dataset.intensities.shape[-1],
-        detector_key=DET,
-        position_keys=(SY, SX),
-        position_scale_m=1e-6,
-        nominal_positions_m=small_dataset.nominal_positions_m,
-        pattern="raster",
-        margin_px=small_dataset.preset.margin_px,
-    )
+@pytest.fixture
+def setup(callback_setup):
+    return callback_setup
 
 
-def _data_keys(shape=(64, 64), external: str | None = None) -> dict:
-    det = {"source": "sim", "dtype": "array", "shape": list(shape)}
-    if external:
-        det["external"] = external
-    return {
-        DET: det,
-        SY: {"source": "sim", "dtype": "number", "shape": []},
-        SX: {"source": "sim", "dtype": "number", "shape": []},
-    }
-
-
-class _Run:
-    """A run's documents, fed to the callback as they are composed."""
-
-    def __init__(self, cb, md=None, data_keys=None):
-        self.cb = cb
-        self.run = event_model.compose_run(metadata=md or {})
-        cb("start", self.run.start_doc)
-        self.desc = self.run.compose_descriptor(name="primary", data_keys=data_keys or _data_keys())
-        cb("descriptor", self.desc.descriptor_doc)
-        self.seq = 0
-
-    def event(self, frame, y_um, x_um, *, filled=None, extra=None, send=True):
-        self.seq += 1
-        data = {DET: frame, SY: y_um, SX: x_um}
-        if extra is not None:
-            data.update(extra)
-        absent = [k for k, v in data.items() if v is None]
-        external = [k for k in absent if "external" in self.desc.descriptor_doc["data_keys"][k]]
-        data = {k: v for k, v in data.items() if k not in external}
-        doc = self.desc.compose_event(
-            data={k: (0.0 if v is None else v) for k, v in data.items()},
-            timestamps={k: 0.0 for k in data},
-            seq_num=self.seq,
-            filled=filled or {},
-        )
-        for k in absent:  # a malformed event: the key is missing altogether
-            doc["data"].pop(k, None)
-            doc["timestamps"].pop(k, None)
-        if send:
-            self.cb("event", doc)
-        return doc
-
-    def stop(self, exit_status="success"):
-        self.cb("stop", self.run.compose_stop(exit_status=exit_status))
+@pytest.fixture
+def h(helpers):
+    return helpers
 
 
 def _um(ds, k):
@@ -89,15 +32,13 @@ def _um(ds, k):
 
 
 def _feed(run, ds, indices):
-    for k in indices:
-        y, x = _um(ds, k)
-        run.event(ds.intensities[k], y, x)
+    run.feed(ds, indices)
 
 
-def test_configures_itself_from_the_start_document(small_dataset, setup):
+def test_configures_itself_from_the_start_document(small_dataset, setup, doc_run, make_callback):
     ds = small_dataset
-    cb = PtychoCallback(options=FAST)
-    run = _Run(cb, md={"ptycho": setup.to_start_doc()})
+    cb = make_callback(options=FAST)
+    run = doc_run(cb, md={"ptycho": setup.to_start_doc()})
     _feed(run, ds, range(len(ds.intensities)))
     run.stop()
     state = cb.result(timeout=60)
@@ -111,19 +52,19 @@ def test_configures_itself_from_the_start_document(small_dataset, setup):
     assert st.rejected == 0 and st.documents["event"] == len(ds.intensities)
 
 
-def test_user_setup_is_the_fallback_for_any_plan(small_dataset, setup):
+def test_user_setup_is_the_fallback_for_any_plan(small_dataset, setup, doc_run, make_callback):
     ds = small_dataset
-    cb = PtychoCallback(setup, options=FAST)
-    run = _Run(cb)  # no start["ptycho"]
+    cb = make_callback(setup, options=FAST)
+    run = doc_run(cb)  # no start["ptycho"]
     _feed(run, ds, range(10))
     run.stop()
     assert cb.result(timeout=60).n_patterns == 10
 
 
-def test_run_without_any_setup_is_ignored_and_says_why(small_dataset):
+def test_run_without_any_setup_is_ignored_and_says_why(small_dataset, doc_run, make_callback):
     ds = small_dataset
-    cb = PtychoCallback(options=FAST)
-    run = _Run(cb)
+    cb = make_callback(options=FAST)
+    run = doc_run(cb)
     _feed(run, ds, range(3))
     run.stop()
     st = cb.status
@@ -134,12 +75,14 @@ def test_run_without_any_setup_is_ignored_and_says_why(small_dataset):
         cb.result(timeout=1)
 
 
-def test_event_page_gives_the_same_frames_and_positions(small_dataset, setup):
+def test_event_page_gives_the_same_frames_and_positions(
+    small_dataset, setup, doc_run, make_callback
+):
     ds = small_dataset
     states = []
     for paged in (False, True):
-        cb = PtychoCallback(options=LiveOptions(final_passes=0))
-        run = _Run(cb, md={"ptycho": setup.to_start_doc()})
+        cb = make_callback(options=LiveOptions(final_passes=0))
+        run = doc_run(cb, md={"ptycho": setup.to_start_doc()})
         docs = []
         for k in range(12):
             y, x = _um(ds, k)
@@ -152,10 +95,12 @@ def test_event_page_gives_the_same_frames_and_positions(small_dataset, setup):
     np.testing.assert_array_equal(states[0].positions_px, states[1].positions_px)
 
 
-def test_bad_documents_are_reported_and_skipped_all_good_frames_used(small_dataset, setup):
+def test_bad_documents_are_reported_and_skipped_all_good_frames_used(
+    small_dataset, setup, doc_run, make_callback
+):
     ds = small_dataset
-    cb = PtychoCallback(options=FAST)
-    run = _Run(cb, md={"ptycho": setup.to_start_doc()})
+    cb = make_callback(options=FAST, orphan_wait=0.05)
+    run = doc_run(cb, md={"ptycho": setup.to_start_doc()})
     good = 0
     _feed(run, ds, range(5))
     good += 5
@@ -178,9 +123,14 @@ def test_bad_documents_are_reported_and_skipped_all_good_frames_used(small_datas
     good += 14
     run.stop()
     state = cb.result(timeout=60)
+    deadline = time.monotonic() + 30  # the stray event waits orphan_wait for its descriptor
+    while not any("unknown descriptor" in r for r in cb.status.reasons):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
     st = cb.status
     assert state.n_patterns == good
     assert st.frames_used == good
+    assert st.lost == 1  # the stray event took seq_num 10 of the run's stream
     reasons = "\n".join(st.reasons)
     for text in (
         "position key(s) ['sy'] missing",
@@ -196,13 +146,17 @@ def test_bad_documents_are_reported_and_skipped_all_good_frames_used(small_datas
     assert any("seq_num 7" in r and "frame shape" in r for r in st.reasons)
 
 
-def test_resource_datum_frames_and_missing_files(small_dataset, setup, tmp_path):
+def test_resource_datum_frames_and_missing_files(
+    small_dataset, setup, tmp_path, doc_run, make_callback, h
+):
     ds = small_dataset
     path = tmp_path / "frames.h5"
     with h5py.File(path, "w") as f:
         f.create_dataset("/entry/data/data", data=ds.intensities[:6])
-    cb = PtychoCallback(options=FAST)
-    run = _Run(cb, md={"ptycho": setup.to_start_doc()}, data_keys=_data_keys(external="FILESTORE:"))
+    cb = make_callback(options=FAST)
+    run = doc_run(
+        cb, md={"ptycho": setup.to_start_doc()}, data_keys=h.data_keys(external="FILESTORE:")
+    )
     res = run.run.compose_resource(
         spec="AD_HDF5",
         root=str(tmp_path),
@@ -221,32 +175,34 @@ def test_resource_datum_frames_and_missing_files(small_dataset, setup, tmp_path)
         datum = res.compose_datum(datum_kwargs={"point_number": k})
         cb("datum", datum)
         y, x = _um(ds, k)
-        run.event(datum["datum_id"], y, x, filled={DET: False})
+        run.event(datum["datum_id"], y, x, filled={h.DET: False})
     lost = missing.compose_datum(datum_kwargs={"point_number": 0})
     cb("datum", lost)
-    run.event(lost["datum_id"], *_um(ds, 6), filled={DET: False})
+    run.event(lost["datum_id"], *_um(ds, 6), filled={h.DET: False})
     run.stop()
     state = cb.result(timeout=60)
     assert state.n_patterns == 6
     assert any("gone.h5" in r and "not found" in r for r in cb.status.reasons)
 
 
-def test_stream_resource_and_stream_datum(small_dataset, setup, tmp_path):
+def test_stream_resource_and_stream_datum(
+    small_dataset, setup, tmp_path, doc_run, make_callback, h
+):
     ds = small_dataset
     path = tmp_path / "stream.h5"
     with h5py.File(path, "w") as f:
         f.create_dataset("/entry/data/data", data=ds.intensities[:8][:, None])  # (n, 1, N, N)
-    cb = PtychoCallback(options=LiveOptions(final_passes=0))
-    run = _Run(
+    cb = make_callback(options=LiveOptions(final_passes=0))
+    run = doc_run(
         cb,
         md={"ptycho": setup.to_start_doc()},
-        data_keys=_data_keys(shape=(1, 64, 64), external="STREAM:"),
+        data_keys=h.data_keys(shape=(1, 64, 64), external="STREAM:"),
     )
     start_uid = run.run.start_doc["uid"]
     sres = {
         "uid": str(uuid.uuid4()),
         "run_start": start_uid,
-        "data_key": DET,
+        "data_key": h.DET,
         "mimetype": "application/x-hdf5",
         "uri": f"file://localhost{path}",
         "parameters": {"dataset": "/entry/data/data", "chunk_shape": [1, 1, 64, 64]},
@@ -273,10 +229,12 @@ def test_stream_resource_and_stream_datum(small_dataset, setup, tmp_path):
     assert any("no stream_datum covers seq_num 9" in r for r in cb.status.reasons)
 
 
-def test_aborted_run_keeps_what_it_has_and_says_so(small_dataset, setup, tmp_path):
+def test_aborted_run_keeps_what_it_has_and_says_so(
+    small_dataset, setup, tmp_path, doc_run, make_callback
+):
     ds = small_dataset
-    cb = PtychoCallback(options=FAST, output_dir=tmp_path)
-    run = _Run(cb, md={"ptycho": setup.to_start_doc()})
+    cb = make_callback(options=FAST, output_dir=tmp_path)
+    run = doc_run(cb, md={"ptycho": setup.to_start_doc()})
     _feed(run, ds, range(15))
     run.stop(exit_status="abort")
     state = cb.result(timeout=60)
@@ -288,25 +246,33 @@ def test_aborted_run_keeps_what_it_has_and_says_so(small_dataset, setup, tmp_pat
     np.testing.assert_array_equal(saved.state.object, state.object)
 
 
-def test_new_start_before_stop_finishes_the_old_run(small_dataset, setup):
+def test_a_new_start_leaves_the_open_run_open_its_stop_never_comes(
+    small_dataset, setup, doc_run, make_callback
+):
     ds = small_dataset
-    cb = PtychoCallback(options=FAST)
-    first = _Run(cb, md={"ptycho": setup.to_start_doc()})
+    cb = make_callback(options=FAST, idle_timeout=1.0)
+    first = doc_run(cb, md={"ptycho": setup.to_start_doc()})
     _feed(first, ds, range(7))
     old_live = cb.live
-    second = _Run(cb, md={"ptycho": setup.to_start_doc()})
+    second = doc_run(cb, md={"ptycho": setup.to_start_doc()})
+    assert cb.status.open_runs == (first.uid, second.uid)
     _feed(second, ds, range(4))
     second.stop()
     assert cb.result(timeout=60).n_patterns == 4
+    # the first run never stops: finished after the idle timeout, with all its frames
+    assert cb.result(timeout=60, run_uid=first.uid).n_patterns == 7
     assert old_live.wait(timeout=60).n_patterns == 7
-    assert cb.status.runs == 2
+    st = cb.status
+    assert st.runs == 2 and st.missing_stops == 1 and st.open_runs == ()
 
 
-def test_status_says_when_frames_are_still_being_processed(small_dataset, setup):
+def test_status_says_when_frames_are_still_being_processed(
+    small_dataset, setup, doc_run, make_callback
+):
     ds = small_dataset
     release = threading.Event()
-    cb = PtychoCallback(options=FAST, on_frame=lambda *args: release.wait(30))
-    run = _Run(cb, md={"ptycho": setup.to_start_doc()})
+    cb = make_callback(options=FAST, on_frame=lambda *args: release.wait(30))
+    run = doc_run(cb, md={"ptycho": setup.to_start_doc()})
     _feed(run, ds, range(6))
     run.stop()  # the documents are all in, as right after RE() returns
     st = cb.status
@@ -322,12 +288,14 @@ def test_status_says_when_frames_are_still_being_processed(small_dataset, setup)
     assert st.message.endswith("6/6 frames used; finished")
 
 
-def test_a_user_setup_without_the_nominal_scan_ignores_the_run_and_says_why(small_dataset, setup):
+def test_a_user_setup_without_the_nominal_scan_ignores_the_run_and_says_why(
+    small_dataset, setup, doc_run, make_callback
+):
     from dataclasses import replace
 
     bare = replace(setup, nominal_positions_m=None, extent_m=None)
-    cb = PtychoCallback(bare, options=FAST)
-    run = _Run(cb)  # a plan that writes no start["ptycho"]
+    cb = make_callback(bare, options=FAST)
+    run = doc_run(cb)  # a plan that writes no start["ptycho"]
     _feed(run, small_dataset, range(3))
     run.stop()
     st = cb.status

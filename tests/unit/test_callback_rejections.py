@@ -5,85 +5,24 @@ from __future__ import annotations
 import logging
 import uuid
 
-import event_model
 import h5py
 import numpy as np
 import pytest
 
-from bluesky_ptycho.callback import PtychoCallback
 from bluesky_ptycho.live import LiveOptions
-from bluesky_ptycho.setup import ScanSetup
 
-DET, SY, SX = "det_image", "sy", "sx"
 FAST = LiveOptions(final_passes=1)
 
 
-@pytest.fixture(scope="module")
-def setup(small_dataset) -> ScanSetup:
-    g = small_dataset.geometry
-    return ScanSetup(
-        energy_eV=g.energy_eV,
-        detector_distance_m=g.detector_distance_m,
-        detector_pixel_m=g.detector_pixel_m,
-        crop=small_dataset.intensities.shape[-1],
-        detector_key=DET,
-        position_keys=(SY, SX),
-        position_scale_m=1e-6,
-        nominal_positions_m=small_dataset.nominal_positions_m,
-        pattern="raster",
-        margin_px=small_dataset.preset.margin_px,
-    )
+@pytest.fixture
+def new_run(doc_run, helpers, callback_setup):
+    """``new_run(cb, external=None, shape=(64, 64))``: a run with the shared setup, started."""
 
+    def make(cb, external=None, shape=(64, 64)):
+        keys = helpers.data_keys(shape=shape, external=external)
+        return doc_run(cb, md={"ptycho": callback_setup.to_start_doc()}, data_keys=keys)
 
-class _Run:
-    """A run's documents, composed and fed to the callback."""
-
-    def __init__(self, cb, setup, external: str | None = None, shape=(64, 64)):
-        self.cb = cb
-        self.run = event_model.compose_run(metadata={"ptycho": setup.to_start_doc()})
-        cb("start", self.run.start_doc)
-        det = {"source": "sim", "dtype": "array", "shape": list(shape)}
-        if external:
-            det["external"] = external
-        number = {"source": "sim", "dtype": "number", "shape": []}
-        self.desc = self.run.compose_descriptor(
-            name="primary", data_keys={DET: det, SY: dict(number), SX: dict(number)}
-        )
-        cb("descriptor", self.desc.descriptor_doc)
-        self.seq = 0
-
-    def event(self, frame, y_um, x_um, filled=None):
-        self.seq += 1
-        data = {SY: y_um, SX: x_um}
-        if frame is not None:
-            data[DET] = frame
-        self.cb(
-            "event",
-            self.desc.compose_event(
-                data=data,
-                timestamps={k: 0.0 for k in data},
-                seq_num=self.seq,
-                filled=filled or {},
-            ),
-        )
-
-    def resource(self, directory, name):
-        res = self.run.compose_resource(
-            spec="AD_HDF5",
-            root=str(directory),
-            resource_path=name,
-            resource_kwargs={"frame_per_point": 1},
-        )
-        self.cb("resource", res.resource_doc)
-        return res
-
-    def datum_event(self, res, point, y_um, x_um):
-        datum = res.compose_datum(datum_kwargs={"point_number": point})
-        self.cb("datum", datum)
-        self.event(datum["datum_id"], y_um, x_um, filled={DET: False})
-
-    def stop(self):
-        self.cb("stop", self.run.compose_stop(exit_status="success"))
+    return make
 
 
 def _um(ds, k):
@@ -101,10 +40,12 @@ def _only(cb, run_uid=None):
     return entry
 
 
-def test_a_cause_hitting_many_frames_is_one_reason_with_a_count(small_dataset, setup, caplog):
+def test_a_cause_hitting_many_frames_is_one_reason_with_a_count(
+    small_dataset, caplog, new_run, make_callback
+):
     ds = small_dataset
-    cb = PtychoCallback(options=FAST)
-    run = _Run(cb, setup)
+    cb = make_callback(options=FAST)
+    run = new_run(cb)
     bad = ds.intensities[0].copy()
     bad[1, 1] = np.nan
     with caplog.at_level(logging.WARNING, logger="bluesky_ptycho"):
@@ -133,15 +74,15 @@ def test_a_cause_hitting_many_frames_is_one_reason_with_a_count(small_dataset, s
 
 
 def test_truncated_and_missing_files_are_reported_once_each_good_frames_used(
-    small_dataset, setup, tmp_path
+    small_dataset, tmp_path, new_run, make_callback
 ):
     ds = small_dataset
     _write(tmp_path / "good.h5", ds.intensities[:30])
     cut = _write(tmp_path / "cut.h5", ds.intensities[30:60])
     data = cut.read_bytes()
     cut.write_bytes(data[: len(data) // 2])  # the writer died half-way
-    cb = PtychoCallback(options=FAST)
-    run = _Run(cb, setup, external="FILESTORE:")
+    cb = make_callback(options=FAST)
+    run = new_run(cb, external="FILESTORE:")
     good = run.resource(tmp_path, "good.h5")
     truncated = run.resource(tmp_path, "cut.h5")
     missing = run.resource(tmp_path, "gone.h5")
@@ -163,17 +104,19 @@ def test_truncated_and_missing_files_are_reported_once_each_good_frames_used(
     assert cb.status.rejected == 51
 
 
-def test_a_file_with_fewer_frames_than_events_keeps_its_frames(small_dataset, setup, tmp_path):
+def test_a_file_with_fewer_frames_than_events_keeps_its_frames(
+    small_dataset, tmp_path, new_run, make_callback, helpers
+):
     """A half-written file (the writer stopped early): frames and positions of different
     lengths. Every frame in the file is used; the events beyond it are one counted cause."""
     ds = small_dataset
     path = _write(tmp_path / "short.h5", ds.intensities[:20][:, None])
-    cb = PtychoCallback(options=FAST)
-    run = _Run(cb, setup, external="STREAM:", shape=(1, 64, 64))
+    cb = make_callback(options=FAST)
+    run = new_run(cb, external="STREAM:", shape=(1, 64, 64))
     sres = {
         "uid": str(uuid.uuid4()),
         "run_start": run.run.start_doc["uid"],
-        "data_key": DET,
+        "data_key": helpers.DET,
         "mimetype": "application/x-hdf5",
         "uri": f"file://localhost{path}",
         "parameters": {"dataset": "/entry/data/data", "chunk_shape": [1, 1, 64, 64]},
@@ -206,12 +149,14 @@ def test_a_file_with_fewer_frames_than_events_keeps_its_frames(small_dataset, se
     assert "frame 20 is not in" in entry.message and "holds 20 frame(s)" in entry.message
 
 
-def test_a_detector_shape_change_keeps_the_first_shape(small_dataset, setup, tmp_path):
+def test_a_detector_shape_change_keeps_the_first_shape(
+    small_dataset, tmp_path, new_run, make_callback
+):
     ds = small_dataset
     _write(tmp_path / "a.h5", ds.intensities[:40])
     _write(tmp_path / "b.h5", np.pad(ds.intensities[40:], ((0, 0), (0, 8), (0, 8))))
-    cb = PtychoCallback(options=FAST)
-    run = _Run(cb, setup, external="FILESTORE:", shape=(1, 64, 64))
+    cb = make_callback(options=FAST)
+    run = new_run(cb, external="FILESTORE:", shape=(1, 64, 64))
     first = run.resource(tmp_path, "a.h5")
     second = run.resource(tmp_path, "b.h5")  # the ROI was changed mid-scan
     for k in range(40):
@@ -226,12 +171,12 @@ def test_a_detector_shape_change_keeps_the_first_shape(small_dataset, setup, tmp
     assert "ROI" in entry.message
 
 
-def test_rejections_of_two_runs_are_kept_apart(small_dataset, setup, tmp_path):
+def test_rejections_of_two_runs_are_kept_apart(small_dataset, tmp_path, new_run, make_callback):
     ds = small_dataset
-    cb = PtychoCallback(options=FAST)
+    cb = make_callback(options=FAST)
     uids = []
     for _ in range(2):
-        run = _Run(cb, setup, external="FILESTORE:")
+        run = new_run(cb, external="FILESTORE:")
         uids.append(run.run.start_doc["uid"])
         missing = run.resource(tmp_path, "nowhere.h5")
         for k in range(5):
