@@ -63,7 +63,8 @@ def write_property_file(
     server, instance, device_class, device : str
         The server ``server/instance`` runs ``device`` of class ``device_class``.
     properties : dict
-        Device property name -> value (str, number or bool).
+        Device property name -> value (str, number or bool; a list or tuple of them for an
+        array property such as ``DataDirectories``).
 
     Returns
     -------
@@ -83,7 +84,14 @@ def write_property_file(
     if properties:
         db = tango.Database(str(file))
         db.put_device_property(
-            device, {k: [_property_text(v)] for k, v in properties.items() if v is not None}
+            device,
+            {
+                k: [_property_text(x) for x in v]
+                if isinstance(v, (list, tuple))
+                else [_property_text(v)]
+                for k, v in properties.items()
+                if v is not None
+            },
         )
     return file
 
@@ -130,6 +138,26 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--start", action="store_true", help="arm at once (AutoStart): subscribe to --zmq"
+    )
+    p.add_argument(
+        "--data-dir",
+        action="append",
+        default=None,
+        metavar="DIR",
+        help="DataDirectories: a directory Replay, Follow and probe_init files may come from "
+        "(repeat for several; default none: file sources are refused)",
+    )
+    p.add_argument(
+        "--checkpoint-dir",
+        default=None,
+        help="CheckpointDirectory: crash-recovery checkpoints of the open runs; a restarted "
+        "server resumes them",
+    )
+    p.add_argument(
+        "--checkpoint-period",
+        type=float,
+        default=None,
+        help="CheckpointPeriod: seconds between object/probe checkpoints (default 10)",
     )
     p.add_argument(
         "--db-file",
@@ -367,6 +395,15 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
         out = Path(args.output_dir).expanduser().resolve()
         out.mkdir(parents=True, exist_ok=True)
         args.output_dir = str(out)
+    if args.checkpoint_dir is not None:
+        cp = Path(args.checkpoint_dir).expanduser().resolve()
+        cp.mkdir(parents=True, exist_ok=True)
+        args.checkpoint_dir = str(cp)
+    if args.checkpoint_period is not None and not args.checkpoint_period > 0:
+        print(f"error: --checkpoint-period {args.checkpoint_period} must be > 0", file=sys.stderr)
+        return 2
+    if args.data_dir is not None:
+        args.data_dir = [str(Path(d).expanduser().resolve()) for d in args.data_dir]
 
     import logging
 
@@ -391,6 +428,9 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
         "Parallel": args.parallel,
         "Workers": args.workers,
         "AutoStart": True if args.start else None,
+        "DataDirectories": args.data_dir,
+        "CheckpointDirectory": args.checkpoint_dir,
+        "CheckpointPeriod": args.checkpoint_period,
     }
     tmp: str | None = None
     if args.db_file is None:

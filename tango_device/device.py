@@ -23,8 +23,10 @@ and shown in Status (and turn the state to FAULT where they stop the device from
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
+import re
 import threading
 import time
 from collections import deque
@@ -38,6 +40,7 @@ import tango
 from tango import AttrWriteType, DevState, DispLevel
 from tango.server import Device, attribute, command, device_property
 
+from bluesky_ptycho import callback as callback_module
 from bluesky_ptycho.callback import PtychoCallback
 from bluesky_ptycho.engine.state import SIGNAL_FOUND, SIGNAL_NOT_FOUND
 from bluesky_ptycho.io.result import write_result
@@ -46,16 +49,19 @@ from bluesky_ptycho.live import LiveOptions, LiveReconstruction, Snapshot
 from .logic import (
     STEERABLE_PHASES,
     DeviceFacts,
+    Integrity,
     RunLine,
     evaluate,
     keep_setpoints,
     setpoints,
     status_text,
 )
+from .recovery import RunCheckpoints
 from .views import (
     SIGNAL_OK_RATIO,
     RunInfo,
     SnapshotView,
+    confine,
     make_view,
     pixel_size_m,
     resolve_inside,
@@ -91,6 +97,7 @@ _MAX_POSITIONS = 1_000_000
 _MAX_HISTORY = 1_000_000
 _MAX_NOTES = 10
 _JOIN_S = 5.0
+_CATALOG_ID = re.compile(r"[A-Za-z0-9_\-]+")  # a run uid, uid prefix or scan id: not a path
 
 
 @dataclass(frozen=True)
@@ -178,6 +185,26 @@ class PtychoReconstruction(Device):
         default_value=False,
         doc="Arm (as the Start command) when the device initialises.",
     )
+    CheckpointDirectory = device_property(
+        dtype=str,
+        default_value="",
+        doc="Directory for crash-recovery checkpoints of the open runs (patterns as they "
+        "arrive, object and probe every CheckpointPeriod); a server restarted after a crash "
+        'resumes the open runs from it. "" = no checkpoints.',
+    )
+    CheckpointPeriod = device_property(
+        dtype=float,
+        default_value=10.0,
+        doc="Seconds between writes of the object and probe into the checkpoint (patterns are "
+        "written as they arrive).",
+    )
+    DataDirectories = device_property(
+        dtype=(str,),
+        default_value=[],
+        doc="Directories Replay and Follow may read, and from which a start document's "
+        "probe_init file may come (symbolic links and .. are resolved first); empty = no "
+        "files. Catalog run uids and http(s) URIs are not files and are not affected.",
+    )
 
     # ------------------------------------------------------------------ lifecycle
     def init_device(self) -> None:
@@ -219,7 +246,14 @@ class PtychoReconstruction(Device):
             self._options = keep_setpoints(self._options, previous)
         self._period = float(self._options.publish_period_s)
         self._replay_rate = previous_rate
+        self._checkpoints: RunCheckpoints | None = None
+        if str(self.CheckpointDirectory).strip():
+            try:
+                self._checkpoints = RunCheckpoints(str(self.CheckpointDirectory), self._note)
+            except Exception as exc:
+                self._fail(f"bad device property CheckpointDirectory: {exc}")
         self._callback = self._new_callback()
+        self._resume()
         self._show_setpoints()
         for name in EVENT_ATTRIBUTES:
             self.set_change_event(name, True, False)
@@ -231,6 +265,15 @@ class PtychoReconstruction(Device):
             daemon=True,
         )
         self._pusher.start()
+        self._checkpointer: threading.Thread | None = None
+        if self._checkpoints is not None:
+            self._checkpointer = threading.Thread(
+                target=self._checkpoint_main,
+                args=(self._closing, self._checkpoints),
+                name=f"{self.get_name()}-checkpoint",
+                daemon=True,
+            )
+            self._checkpointer.start()
         if self.AutoStart and self.ZmqAddress and self._fault is None:
             try:
                 self._arm()
@@ -263,15 +306,54 @@ class PtychoReconstruction(Device):
             live.stop()
         self._callback.close(timeout=_JOIN_S)
         self._pusher.join(_JOIN_S)
+        if self._checkpointer is not None:
+            self._checkpointer.join(_JOIN_S)
+        if self._checkpoints is not None:
+            self._checkpoints.close()  # kept on disk: a restart resumes the open runs
         super().delete_device()
 
     def _new_callback(self) -> PtychoCallback:
         out = str(self.OutputDirectory)
+        extra: dict[str, Any] = {}
+        accepted = inspect.signature(PtychoCallback).parameters
+        if "probe_dirs" in accepted:
+            extra["probe_dirs"] = self._data_dirs()
+        if self._checkpoints is not None and "on_pattern" in accepted:
+            extra["on_pattern"] = self._checkpoints.on_pattern
         return PtychoCallback(
             output_dir=out if (out and self.AutoSave) else None,
             options=self._options,
             observers=[self._on_snapshot],
+            **extra,
         )
+
+    def _data_dirs(self) -> list[str]:
+        return [str(d) for d in (self.DataDirectories or ()) if str(d).strip()]
+
+    # ------------------------------------------------------------------ crash recovery
+    def _resume(self) -> None:
+        """Reopen the runs a killed server left checkpoints of (init_device)."""
+        checkpoints = self._checkpoints
+        if checkpoints is None:
+            return
+        record_type = getattr(callback_module, "PatternRecord", None)
+        if record_type is None:
+            self._note("checkpoints cannot be resumed: this callback has no PatternRecord")
+            return
+        try:
+            for rec in checkpoints.resume(
+                self._callback, record_type, lambda stop: self._on_document("stop", stop)
+            ):
+                self._run = RunInfo.from_start(rec.start)
+        except Exception as exc:
+            logger.exception("resuming from checkpoints failed")
+            self._note(f"resuming from checkpoints failed: {type(exc).__name__}: {exc}")
+
+    def _checkpoint_main(self, closing: threading.Event, checkpoints: RunCheckpoints) -> None:
+        """Every CheckpointPeriod: the object and probe into the checkpoint; drop saved runs."""
+        period = max(0.1, float(self.CheckpointPeriod))
+        while not closing.wait(period):
+            checkpoints.tick(self._callback)
 
     def _fail(self, reason: str) -> None:
         """Enter FAULT with ``reason`` (kept until Stop or Reset)."""
@@ -288,13 +370,20 @@ class PtychoReconstruction(Device):
     # ------------------------------------------------------------------ documents in
     def _on_document(self, name: str, doc: dict) -> None:
         """Hand a document to the callback (feed or replay thread); never raises."""
+        checkpoints = self._checkpoints
         try:
+            if checkpoints is not None:
+                checkpoints.before(name, doc)
             if name == "start" and isinstance(doc, dict):
                 info = RunInfo.from_start(doc)
                 self._callback(name, doc)
-                if self._callback.status.run_uid == info.uid:
+                status = self._callback.status
+                if status.run_uid == info.uid:
                     with self._lock:
                         self._run = info
+                if checkpoints is not None:
+                    opened = tuple(getattr(status, "open_runs", ()) or ())
+                    checkpoints.after(name, doc, (*opened, status.run_uid or ""))
             else:
                 self._callback(name, doc)
         except Exception as exc:  # the callback does not raise; this is a last resort
@@ -440,6 +529,7 @@ class PtychoReconstruction(Device):
         feed = self._feed
         with self._lock:
             notes = list(self._notes)
+        integrity = self._integrity(cb, feed)
         text = status_text(
             str(state),
             why,
@@ -457,9 +547,39 @@ class PtychoReconstruction(Device):
             pushes=self._pushes,
             # the callback reports rejections to both lists; status_text shows each once
             problems=[*cb.reasons[-3:], *(live.messages[-3:] if live else ()), *notes[-3:]],
+            integrity=integrity,
         )
         self.set_status(text)
         return text
+
+    def _integrity(self, cb: Any, feed: Any) -> Integrity:
+        """Loss, repeats, quarantine, the feed's link and recovered runs, for Status."""
+        live = cb.live
+        feed_status = self._feed_status(feed)
+        lost = int(getattr(cb, "lost", 0) or 0)
+        checkpoints = self._checkpoints
+        recovered = tuple(r.text(lost) for r in checkpoints.recovered) if checkpoints else ()
+        return Integrity(
+            lost=lost,
+            missing_stops=int(getattr(cb, "missing_stops", 0) or 0),
+            duplicates=int(getattr(cb, "duplicates", 0) or 0),
+            quarantined=int(getattr(live, "quarantined", 0) or 0) if live is not None else 0,
+            quarantine_reasons=tuple(getattr(live, "quarantine_reasons", ()) or ()),
+            feed_address=feed.address if feed is not None else None,
+            feed_connected=bool(getattr(feed_status, "connected", True)),
+            feed_age=getattr(feed_status, "last_document_age", None),
+            recovered=recovered,
+        )
+
+    @staticmethod
+    def _feed_status(feed: Any) -> Any:
+        """The feed's ``FeedStatus`` (None when not armed or not available)."""
+        if feed is None:
+            return None
+        try:
+            return getattr(feed, "status", None)
+        except Exception:  # a feed without the status property, or one failing to report
+            return None
 
     def _require(self, command_name: str, allowed: tuple[DevState, ...], hint: str) -> bool:
         state, why = self._evaluate()
@@ -634,6 +754,71 @@ class PtychoReconstruction(Device):
         "for checking the link to the proxy.",
         display_level=DispLevel.EXPERT,
     )
+
+    FramesLost = attribute(
+        dtype=int,
+        unit="",
+        format="%d",
+        label="Frames lost",
+        description="Events of the current run known to be missing: gaps in the seq_num of "
+        "each descriptor's events, plus the shortfall against the stop document's num_events "
+        "(e.g. frames published while the proxy or this server was down).",
+    )
+    DuplicateDocuments = attribute(
+        dtype=int,
+        unit="",
+        format="%d",
+        label="Duplicate documents",
+        description="Documents and events received again (same uid, or same descriptor and "
+        "seq_num) and not used a second time.",
+        display_level=DispLevel.EXPERT,
+    )
+    FeedConnected = attribute(
+        dtype=bool,
+        label="Feed connected",
+        description="True while the 0MQ document feed is armed and connected to the proxy; "
+        "False when not armed or when the link is lost (documents sent meanwhile are lost).",
+    )
+    PatternsQuarantined = attribute(
+        dtype=int,
+        unit="",
+        format="%d",
+        label="Patterns quarantined",
+        description="Frames of the current run held back because their counts are implausible "
+        "against the running statistics (the reasons are in Status).",
+    )
+    RecoveredPatterns = attribute(
+        dtype=int,
+        unit="",
+        format="%d",
+        label="Recovered patterns",
+        description="Patterns restored from the crash-recovery checkpoint (CheckpointDirectory) "
+        "when this server started; 0 when nothing was resumed. FramesLost says how many events "
+        "of the resumed run were missed while the server was down.",
+    )
+
+    def read_FramesLost(self) -> int:
+        return int(getattr(self._callback.status, "lost", 0) or 0)
+
+    def read_DuplicateDocuments(self) -> int:
+        return int(getattr(self._callback.status, "duplicates", 0) or 0)
+
+    def read_FeedConnected(self) -> bool:
+        feed = self._feed
+        if feed is None:
+            return False
+        status = self._feed_status(feed)
+        if status is None:  # a feed that cannot tell: connected while its thread runs
+            return bool(feed.running)
+        return bool(getattr(status, "connected", False))
+
+    def read_PatternsQuarantined(self) -> int:
+        live = self._callback.live
+        return int(getattr(live.status, "quarantined", 0) or 0) if live is not None else 0
+
+    def read_RecoveredPatterns(self) -> int:
+        checkpoints = self._checkpoints
+        return checkpoints.recovered_patterns if checkpoints is not None else 0
 
     def read_PixelSize(self) -> np.ndarray:
         return self._view.pixel_size_m
@@ -897,6 +1082,9 @@ class PtychoReconstruction(Device):
         live = old.live
         if live is not None:
             live.stop()
+        if self._checkpoints is not None:
+            for run_uid in self._checkpoints.open_runs:
+                self._checkpoints.finish(run_uid)  # Reset drops the runs: nothing to resume
         self._callback = self._new_callback()
         old.close(timeout=_JOIN_S)
         with self._wake:
@@ -970,14 +1158,31 @@ class PtychoReconstruction(Device):
         text = source.strip()
         if not text:
             _refuse("PTYCHO_BadSource", "Replay refused: give a file path or a run uid", origin)
-        if not Path(text).is_file() and not self.Catalog:
-            _refuse(
-                "PTYCHO_BadSource",
-                f"Replay refused: {text!r} is not an existing file, and no Catalog device "
-                "property is set to look it up as a run uid",
-                origin,
+        if text.startswith(("http://", "https://")) or (
+            self.Catalog and _CATALOG_ID.fullmatch(text)
+        ):
+            self._start_source(self._replay_main, text, "ptycho-replay")  # not a file
+            return
+        target = self._confined("Replay", text)
+        self._start_source(self._replay_main, str(target), "ptycho-replay")
+
+    def _confined(self, name: str, text: str) -> Path:
+        """``text`` inside DataDirectories, or a refusal that does not say whether it exists."""
+        try:
+            return confine(text, self._data_dirs())
+        except ValueError as exc:
+            hint = (
+                "; a run uid needs the Catalog device property"
+                if name == "Replay" and not self.Catalog
+                else ""
             )
-        self._start_source(self._replay_main, text, "ptycho-replay")
+            _refuse(
+                "PTYCHO_PathRefused",
+                f"{name} refused: {exc} (not an existing file inside the data directories, "
+                f"whether or not it exists elsewhere){hint}",
+                f"PtychoReconstruction.{name}",
+            )
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def is_Replay_allowed(self) -> bool:
         return self._require("Replay", (DevState.ON,), "Stop first (or Reset after a FAULT)")
@@ -1002,13 +1207,14 @@ class PtychoReconstruction(Device):
         return forward
 
     def _replay_main(self, source: str, cancel: threading.Event) -> None:
-        from bluesky_ptycho.io.replay import replay
+        from bluesky_ptycho.io.replay import replay, replay_run
 
         forward = self._forwarder(cancel)
         try:
-            uid = replay(
-                source, forward, catalog=str(self.Catalog) or None, rate_hz=self._replay_rate
-            )
+            if Path(source).is_absolute() or source.startswith(("http://", "https://")):
+                uid = replay(source, forward, rate_hz=self._replay_rate)  # confined by Replay
+            else:  # a run uid: looked up in the catalog only, never as a file
+                uid = replay_run(str(self.Catalog), source, forward, rate_hz=self._replay_rate)
             logger.info("replayed %s (run %s)", source, uid)
         except _Cancelled:
             self._note(f"Replay({source!r}) cancelled")
@@ -1033,9 +1239,10 @@ class PtychoReconstruction(Device):
         text = directory.strip()
         if not text:
             _refuse("PTYCHO_BadSource", "Follow refused: give a scan directory", origin)
-        if Path(text).exists() and not Path(text).is_dir():
+        target = self._confined("Follow", text)
+        if target.exists() and not target.is_dir():
             _refuse("PTYCHO_BadSource", f"Follow refused: {text!r} is not a directory", origin)
-        self._start_source(self._follow_main, text, "ptycho-follow")
+        self._start_source(self._follow_main, str(target), "ptycho-follow")
 
     def is_Follow_allowed(self) -> bool:
         return self._require("Follow", (DevState.ON,), "Stop first (or Reset after a FAULT)")

@@ -20,6 +20,7 @@ __all__ = [
     "SETPOINTS",
     "STEERABLE_PHASES",
     "DeviceFacts",
+    "Integrity",
     "RunLine",
     "evaluate",
     "keep_setpoints",
@@ -144,6 +145,74 @@ class RunLine:
         )
 
 
+@dataclass(frozen=True)
+class Integrity:
+    """What the device knows about lost, repeated, held-back and recovered data.
+
+    Attributes
+    ----------
+    lost : int
+        Events of the current run known to be missing (``CallbackStatus.lost``).
+    missing_stops : int
+        Runs finished by the idle timeout because their stop never came.
+    duplicates : int
+        Documents and events received again and not used.
+    quarantined : int
+        Frames held back as implausible (``LiveStatus.quarantined``).
+    quarantine_reasons : tuple of str
+        Why, most recent last.
+    feed_address : str or None
+        The armed feed's address (None: not armed).
+    feed_connected : bool
+        Whether the armed feed is connected to the proxy.
+    feed_age : float or None
+        Seconds since the feed's last document.
+    recovered : tuple of str
+        One sentence per run resumed from a checkpoint at start-up.
+    """
+
+    lost: int = 0
+    missing_stops: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    quarantine_reasons: tuple[str, ...] = ()
+    feed_address: str | None = None
+    feed_connected: bool = True
+    feed_age: float | None = None
+    recovered: tuple[str, ...] = ()
+
+    def lines(self) -> list[str]:
+        """The problems in words, one line each (none when all is well)."""
+        out: list[str] = []
+        if self.feed_address is not None and not self.feed_connected:
+            age = (
+                f"; last document {self.feed_age:.0f} s ago"
+                if self.feed_age is not None and math.isfinite(self.feed_age)
+                else ""
+            )
+            out.append(
+                f"DISCONNECTED: the document feed has lost the proxy {self.feed_address}"
+                f"{age}; documents sent meanwhile are lost"
+            )
+        if self.lost:
+            out.append(
+                f"LOSS: {self.lost} event(s) of the run are missing (sequence gaps or fewer "
+                "than the stop document counts); they are not in the reconstruction"
+            )
+        if self.missing_stops:
+            out.append(
+                f"MISSING STOP: {self.missing_stops} run(s) never received their stop "
+                "document and were finished and saved after the idle timeout"
+            )
+        if self.quarantined:
+            why = f": {self.quarantine_reasons[-1]}" if self.quarantine_reasons else ""
+            out.append(f"QUARANTINED: {self.quarantined} frame(s) held back as implausible{why}")
+        if self.duplicates:
+            out.append(f"{self.duplicates} duplicate document(s) or event(s) ignored")
+        out.extend(f"RECOVERED: {text}" for text in self.recovered)
+        return out
+
+
 def options_text(options: LiveOptions) -> str:
     """The options in force, in words (no trailing punctuation)."""
     k = int(options.epie.validation_every)
@@ -175,6 +244,7 @@ def status_text(
     feed: tuple[str, int, int, str] | None = None,
     pushes: int = 0,
     problems: Sequence[str] = (),
+    integrity: Integrity | None = None,
 ) -> str:
     """The device's Status: state and why first, then counters, feed, options and problems.
 
@@ -200,6 +270,9 @@ def status_text(
         Snapshots pushed as events since the device started.
     problems : sequence of str
         Recent problems, oldest first; duplicates are shown once.
+    integrity : Integrity, optional
+        Loss, missing stops, a disconnected feed, quarantined frames and recovered runs, in
+        words right after the first line.
 
     Returns
     -------
@@ -207,6 +280,8 @@ def status_text(
         Lines joined by newlines; the first is ``"STATE: why"``.
     """
     lines = [f"{state}: {why}"]
+    if integrity is not None:
+        lines.extend(integrity.lines())
     if run is not None:
         lines.append(run.text())
     if shown_seq:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ __all__ = [
     "SIGNAL_OK_RATIO",
     "RunInfo",
     "SnapshotView",
+    "confine",
     "make_view",
     "pixel_size_m",
     "progress_percent",
@@ -288,14 +289,55 @@ def resolve_inside(base: str | os.PathLike[str], path: str | os.PathLike[str]) -
     """
     if not os.fspath(base):
         raise ValueError("no output directory is configured (device property OutputDirectory)")
+    return confine(path, [base], what="output directory")
+
+
+def confine(
+    path: str | os.PathLike[str],
+    roots: Sequence[str | os.PathLike[str]],
+    *,
+    what: str = "data directories",
+    setting: str = "DataDirectories",
+) -> Path:
+    """The one path check of the device: ``path`` resolved must lie inside one of ``roots``.
+
+    Used for ``Save`` (the output directory) and for ``Replay``, ``Follow`` and the start
+    document's ``probe_init`` file (the data directories).
+
+    Parameters
+    ----------
+    path : str or path-like
+        Relative to the first root, or absolute.
+    roots : sequence of str or path-like
+        The allowed directories (empty entries are ignored).
+    what : str
+        The directories in words, for the message.
+    setting : str
+        The device property that configures them, for the message.
+
+    Returns
+    -------
+    Path
+        The absolute, resolved path (symbolic links and ``..`` followed), inside a root.
+
+    Raises
+    ------
+    ValueError
+        If ``path`` is empty, no root is configured, or the resolved path is a root itself or
+        lies outside all of them. The message depends only on the text given and the roots,
+        never on whether the file exists (no existence oracle).
+    """
     text = os.fspath(path).strip()
+    dirs = [Path(r).expanduser().resolve() for r in roots if os.fspath(r).strip()]
+    if not dirs:
+        raise ValueError(f"{text!r} refused: no {what} are configured (device property {setting})")
     if not text:
-        raise ValueError("the path is empty; give a file name inside the output directory")
-    root = Path(base).expanduser().resolve()
-    target = (root / Path(text).expanduser()).resolve()
-    if target == root or not target.is_relative_to(root):
+        raise ValueError(f"the path is empty; give a file name inside the {what}")
+    target = (dirs[0] / Path(text).expanduser()).resolve()
+    if not any(target != d and target.is_relative_to(d) for d in dirs):
+        shown = ", ".join(repr(str(d)) for d in dirs)
         raise ValueError(
-            f"{text!r} resolves to {str(target)!r}, which is not a file inside the output "
-            f"directory {str(root)!r}; give a path inside it"
+            f"{text!r} is not a file inside the {what} {shown}; give a path inside "
+            f"{'it' if len(dirs) == 1 else 'one of them'}"
         )
     return target

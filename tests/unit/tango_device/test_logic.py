@@ -126,3 +126,33 @@ def test_keep_setpoints_takes_the_set_points_and_nothing_else() -> None:
     kept = keep_setpoints(fresh, before)
     assert setpoints(kept, 0.0) == setpoints(before, 0.0)
     assert kept.final_passes == 9  # the properties' other options stay
+
+
+def test_integrity_problems_are_in_words_right_after_the_state() -> None:
+    from bluesky_ptycho.tango_device.logic import Integrity
+
+    assert Integrity().lines() == []
+    assert Integrity(feed_address="127.0.0.1:5578", feed_connected=True).lines() == []
+    integrity = Integrity(
+        lost=12,
+        missing_stops=1,
+        duplicates=3,
+        quarantined=2,
+        quarantine_reasons=("frame 7: total counts 1e9, 40 x the running median",),
+        feed_address="127.0.0.1:5578",
+        feed_connected=False,
+        feed_age=15.6,
+        recovered=("run abc: 40 pattern(s) restored from the checkpoint; 5 event(s) lost",),
+    )
+    lines = integrity.lines()
+    text = "\n".join(lines)
+    assert "DISCONNECTED" in text and "127.0.0.1:5578" in text and "16 s ago" in text
+    assert "LOSS: 12 event(s)" in text
+    assert "MISSING STOP: 1 run(s)" in text
+    assert "QUARANTINED: 2 frame(s)" in text and "running median" in text
+    assert "3 duplicate" in text
+    assert "RECOVERED: run abc: 40 pattern(s)" in text
+    status = status_text(
+        "RUNNING", "reconstructing (running)", options=LiveOptions(), integrity=integrity
+    )
+    assert status.splitlines()[1 : 1 + len(lines)] == lines
