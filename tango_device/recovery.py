@@ -21,6 +21,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bluesky_ptycho.checkpoint import Checkpoint, CheckpointWriter, read_checkpoints
 
 __all__ = ["Recovered", "RunCheckpoints"]
@@ -138,12 +140,13 @@ class RunCheckpoints:
 
     # ------------------------------------------------------------------ periodic
     def tick(self, callback: Any) -> None:
-        """Write the current run's object and probe (when changed); drop finished runs.
+        """Write the current run's object and probe (when changed); drop saved runs.
 
         Parameters
         ----------
         callback : PtychoCallback
-            Its ``status`` (run uid, finished) and ``live.state()`` are read.
+            Its ``status`` (run uid, finished), ``live.state()`` and ``result(timeout=0,
+            run_uid=...)`` (a run is done once finished and saved) are read.
         """
         try:
             status = callback.status
@@ -153,18 +156,25 @@ class RunCheckpoints:
             if writer is not None and live is not None and not status.finished:
                 st = live.status
                 mark = (int(st.iteration), int(st.pattern_updates))
-                if st.patterns_in_use > 0 and self._written.get(uid) != mark:
+                # before its first update the engine may not have made its probe yet
+                if st.pattern_updates > 0 and self._written.get(uid) != mark:
                     state = live.state()
                     writer.write_state(state.object, state.probe, int(state.iteration))
                     self._written[uid] = mark
             for run_uid in list(self._writers):
-                done = run_uid == uid and status.finished
-                # the callback moved on to another run after this one stopped: its save began
-                moved_on = run_uid in self._stopped and uid is not None and uid != run_uid
-                if done or moved_on:
+                if self._saved(callback, run_uid):
                     self.finish(run_uid)
         except Exception as exc:
             self._problem("writing the checkpoint state failed", exc)
+
+    @staticmethod
+    def _saved(callback: Any, run_uid: str) -> bool:
+        """Whether the callback has finished (and, with an output directory, saved) a run."""
+        try:
+            callback.result(timeout=0, run_uid=run_uid)
+        except (TimeoutError, RuntimeError):  # not finished yet; or not (yet) known
+            return False
+        return True
 
     def finish(self, run_uid: str) -> None:
         """Delete a run's checkpoint (it is finished and saved)."""
@@ -244,11 +254,14 @@ class RunCheckpoints:
         writer = CheckpointWriter(self.directory, cp.run_uid, cp.start, cp.descriptors)
         with self._lock:
             self._writers[cp.run_uid] = writer
-        resume_run(cp.start, cp.descriptors, patterns, object_=cp.object, probe=cp.probe)
+        obj, probe = cp.object, cp.probe
+        if probe is None or not np.any(np.abs(probe) > 0):  # no usable state: patterns only
+            obj = probe = None
+        resume_run(cp.start, cp.descriptors, patterns, object_=obj, probe=probe)
         rec = Recovered(
             run_uid=cp.run_uid,
             patterns=len(patterns),
-            iteration=cp.iteration if cp.object is not None else 0,
+            iteration=cp.iteration if obj is not None else 0,
             stopped=cp.stop is not None,
             start=dict(cp.start),
         )
