@@ -291,6 +291,7 @@ class EPIE:
         self._support: Any = None
         self._momentum: dict[str, Any] | None = None
         self._since_momentum = 0
+        self._excluded = np.zeros(0, dtype=bool)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -347,6 +348,101 @@ class EPIE:
         if k < 2:
             return np.zeros(idx.size, dtype=bool)
         return idx % k == k // 2
+
+    @property
+    def excluded(self) -> np.ndarray:
+        """Boolean per pattern: True for those removed from the reconstruction (:meth:`exclude`)."""
+        n = self.n_patterns
+        out = np.zeros(n, dtype=bool)
+        k = min(n, self._excluded.size)
+        out[:k] = self._excluded[:k]
+        return out
+
+    def _unused(self) -> np.ndarray:
+        """Boolean per pattern: held out (validation) or excluded; such patterns take no update."""
+        return self.held_out | self.excluded
+
+    def exclude(self, indices: Any) -> np.ndarray:
+        """Remove patterns from the reconstruction (e.g. one whose data poisoned an update).
+
+        An excluded pattern keeps its index (later indices do not move) but takes no further
+        update, counts neither in the probe-power constraint nor in the mean pattern, and is
+        never held out for validation. The current pass goes on without it. Not undone by
+        :meth:`load_state`.
+
+        Parameters
+        ----------
+        indices : int or sequence of int
+            Pattern indices in ``[0, n_patterns)``.
+
+        Returns
+        -------
+        ndarray of int
+            The indices newly excluded (those already excluded are left out).
+
+        Raises
+        ------
+        ValueError
+            For an index out of range (nothing is excluded).
+        """
+        idx = np.unique(np.asarray(indices, dtype=np.int64).reshape(-1))
+        n = self.n_patterns
+        if idx.size and (idx[0] < 0 or idx[-1] >= n):
+            raise ValueError(f"pattern indices must be in [0, {n}), got {idx.tolist()[:10]}")
+        current = self.excluded
+        new = idx[~current[idx]]
+        if new.size == 0:
+            return new
+        assert self._store is not None
+        for j in new.tolist():  # the mean pattern (validation baseline) forgets them
+            amp = self._store.amplitude(int(j)).astype(np.float64)
+            counts = np.fft.fftshift(np.where(amp > 0, amp * amp, 0.0))
+            if self._frame_sum.shape == counts.shape:
+                self._frame_sum = np.maximum(self._frame_sum - counts, 0.0)
+                self._frame_count = max(self._frame_count - 1, 0)
+        current[new] = True
+        self._excluded = current
+        if self._pass_next < self._pass_order.size:
+            rest = self._pass_order[self._pass_next :]
+            self._pass_order = np.concatenate(
+                [self._pass_order[: self._pass_next], rest[~current[rest]]]
+            )
+        self._lit_cache = None
+        return new
+
+    def pattern_residuals(self, indices: Any) -> tuple[np.ndarray, np.ndarray]:
+        """How far the current model is from each given pattern (one FFT per pattern).
+
+        Parameters
+        ----------
+        indices : sequence of int
+            Pattern indices in ``[0, n_patterns)``.
+
+        Returns
+        -------
+        residual : ndarray of float64
+            ``sum((|F(P O_j)| - sqrt(I_j))**2)`` over the good pixels of each pattern.
+        counts : ndarray of float64
+            ``sum(I_j)`` over the good pixels (the per-pattern Fourier error is their ratio).
+        """
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        n = self.n_patterns
+        if idx.size and (idx.min() < 0 or idx.max() >= n):
+            raise ValueError(f"pattern indices must be in [0, {n}), got {idx.tolist()[:10]}")
+        res = np.zeros(idx.size, dtype=np.float64)
+        if idx.size == 0 or self._store is None or self._probe is None:
+            return res, np.zeros(idx.size, dtype=np.float64)
+        assert self._probe_shape is not None
+        n0, n1 = self._probe_shape
+        xp = self._be.xp
+        for k, j in enumerate(idx.tolist()):
+            r, c = (int(v) for v in self._store.corners[j])
+            spectrum = self._be.fft2(self._probe * self._object[r : r + n0, c : c + n1])
+            model = to_numpy(xp.abs(spectrum)).astype(np.float64)
+            amp = self._store.amplitude(j).astype(np.float64)
+            diff = np.where(amp >= 0, model - amp, 0.0)
+            res[k] = float(np.sum(diff * diff))
+        return res, self._store.sums[idx].astype(np.float64)
 
     @property
     def nbytes_per_pattern(self) -> float:
@@ -494,7 +590,7 @@ class EPIE:
             return 0
         if self._pass_next >= self._pass_order.size:
             order = self._rng.permutation(self.n_patterns)
-            held = self.held_out
+            held = self._unused()
             if held.any():
                 order = order[~held[order]]
                 if order.size == 0:
@@ -530,7 +626,7 @@ class EPIE:
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size and (idx.min() < 0 or idx.max() >= self.n_patterns):
             raise ValueError(f"pattern indices must be in [0, {self.n_patterns}), got {idx}")
-        held = self.held_out
+        held = self._unused()
         if idx.size and held.any():
             idx = idx[~held[idx]]
         if idx.size == 0:
@@ -628,7 +724,15 @@ class EPIE:
     def _make_probe(self) -> None:
         assert self._store is not None and self._probe_init is not None
         n = len(self._store)
-        take = np.arange(n) if n <= 256 else np.linspace(0, n - 1, 256).astype(np.int64)
+        usable = np.flatnonzero(~self.excluded)
+        if usable.size == 0:
+            usable = np.arange(n)
+        pick = (
+            np.arange(usable.size)
+            if usable.size <= 256
+            else np.linspace(0, usable.size - 1, 256).astype(np.int64)
+        )
+        take = usable[pick]
         frames = np.stack([self._store.amplitude(int(j)) for j in take])
         frames = np.fft.fftshift(np.where(frames < 0, 0.0, frames) ** 2, axes=(-2, -1))
         probe, origin = make_start_probe(
@@ -678,7 +782,8 @@ class EPIE:
             changed = True
         if opts.probe_power:
             n = len(self._store)
-            counts = float(np.mean(self._store.sums[:n])) if n else 0.0
+            used = self._store.sums[:n][~self.excluded]
+            counts = float(np.mean(used)) if used.size else 0.0
             obj, probe = constraints.hold_probe_power(xp, obj, probe, counts)
             changed = True
         if opts.probe_centre:
@@ -739,11 +844,12 @@ class EPIE:
         :meth:`release_held_out` the values measured then.
         """
         nan = float("nan")
-        held_mask = self.held_out
+        excluded = self.excluded
+        held_mask = self.held_out & ~excluded
         held = np.flatnonzero(held_mask)
         if held.size == 0 or self._probe is None or self._store is None:
             return self._frozen_validation, self._frozen_baseline
-        lit = self._lit_mask(held_mask)
+        lit = self._lit_mask(held_mask | excluded)
         n0, n1 = self._probe_shape  # type: ignore[misc]
         q0, q1 = n0 // 4, n1 // 4
         tested = []
@@ -757,7 +863,10 @@ class EPIE:
         return self._model_error(tested)
 
     def _lit_mask(self, held_mask: np.ndarray) -> np.ndarray:
-        """Object pixels inside the central half of at least one patch in use (cached)."""
+        """Object pixels inside the central half of at least one patch in use (cached).
+
+        ``held_mask`` marks the patterns not in use (held out or excluded).
+        """
         key = int(held_mask.size)
         if self._lit_cache is not None and self._lit_cache[0] == key:
             return self._lit_cache[1]

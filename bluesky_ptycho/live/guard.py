@@ -1,22 +1,81 @@
-"""The divergence guard: spot NaN/inf after a chunk and roll back to the last good state."""
+"""The divergence guard: spot a blow-up after a chunk, roll back, and find the pattern behind it.
+
+A chunk of updates has diverged when it leaves NaN/inf in object or probe (:func:`divergence`),
+and also when it stays finite but blows up (:meth:`DivergenceGuard.check`): the Fourier error
+jumps far above its recent level, or the object amplitude far above its bound. The guard then
+loads the last good state (:meth:`DivergenceGuard.roll_back`) and looks for the pattern that
+caused it (:meth:`DivergenceGuard.find_culprits`): among the patterns updated or added since the
+good state, one whose data the good model explains far worse than it explains the others (a
+poisoned frame: flag values, a frame scaled by 1000...). The owner excludes it from the engine,
+so the reconstruction continues without it instead of diverging again.
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Protocol
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
 from bluesky_ptycho.engine.state import ReconstructionState
 
-__all__ = ["DivergenceGuard", "divergence"]
+__all__ = ["DivergenceGuard", "GuardPolicy", "divergence"]
+
+
+@dataclass(frozen=True)
+class GuardPolicy:
+    """When a finite state counts as diverged, and when a pattern is blamed for it.
+
+    Attributes
+    ----------
+    error_jump : float
+        Diverged when the Fourier error exceeds this factor times its recent level (the
+        median of the last ``history`` errors of good chunks, once there are 3)...
+    error_ceiling : float
+        ... and also exceeds this value. With the probe power equal to the measured counts the
+        normalised error is at most 2; above 4 the model's power is off by more than 3 times.
+    history : int
+        Errors of good chunks remembered for the recent level.
+    amplitude_factor : float
+        Diverged when the object amplitude exceeds this factor times ``object_amplitude_max``
+        (times 1 when there is no bound).
+    culprit_factor : float
+        A pattern is blamed when the good model's residual for it exceeds this factor times
+        the median residual of the patterns held.
+    max_removals : int
+        Patterns removed at most per run; a divergence after that is a fault again.
+    reference_sample : int
+        Patterns (besides the candidates) whose residuals give the median.
+    """
+
+    error_jump: float = 10.0
+    error_ceiling: float = 4.0
+    history: int = 8
+    amplitude_factor: float = 100.0
+    culprit_factor: float = 10.0
+    max_removals: int = 16
+    reference_sample: int = 64
+
+    def __post_init__(self) -> None:
+        for name in ("error_jump", "error_ceiling", "amplitude_factor", "culprit_factor"):
+            v = float(getattr(self, name))
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be finite and positive, got {v!r}")
+        for name in ("history", "reference_sample"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if int(self.max_removals) < 0:
+            raise ValueError(f"max_removals must be >= 0, got {self.max_removals!r}")
 
 
 def divergence(state: ReconstructionState, err: float) -> str | None:
-    """Why ``state`` (after a chunk with Fourier error ``err``) is diverged, or None.
+    """Why ``state`` (after a chunk with Fourier error ``err``) holds NaN/inf, or None.
 
     A NaN error alone is not divergence: the engine reports NaN when the visited patterns have
     no counts at all (dark frames); a diverged update always leaves NaN/inf in object or probe.
+    Finite blow-ups are :meth:`DivergenceGuard.check`'s.
 
     Parameters
     ----------
@@ -53,15 +112,22 @@ class _Restorable(Protocol):
 
 
 class DivergenceGuard:
-    """Holds the last state known to be good and rolls an engine back to it.
+    """Holds the last state known to be good, rolls an engine back to it, finds culprits.
 
     The owner marks states good as it publishes them (:meth:`mark_good`), checks every chunk
-    with :meth:`check`, and on divergence calls :meth:`roll_back`. Not thread-safe: one thread
-    (the live worker) uses it.
+    with :meth:`check`, and on divergence calls :meth:`roll_back` and then
+    :meth:`find_culprits`. Not thread-safe: one thread (the live worker) uses it.
+
+    Parameters
+    ----------
+    policy : GuardPolicy, optional
     """
 
-    def __init__(self) -> None:
+    def __init__(self, policy: GuardPolicy | None = None) -> None:
+        self.policy = policy if policy is not None else GuardPolicy()
         self._good: ReconstructionState | None = None
+        self._levels: deque[float] = deque(maxlen=int(self.policy.history))
+        self._passes_seen = 0
 
     @property
     def good(self) -> ReconstructionState | None:
@@ -73,14 +139,54 @@ class DivergenceGuard:
         self._good = state
 
     def ensure_good(self, engine: _Restorable) -> None:
-        """Take the engine's state as the good one if there is none yet and it holds data."""
+        """Take the engine's state as the good one if there is none yet and it holds data.
+
+        An engine that makes its starting probe from the data (``prepare``) makes it first, so
+        that the good state has a probe to go back to.
+        """
         if self._good is None and engine.n_patterns:
+            prepare = getattr(engine, "prepare", None)
+            if callable(prepare):
+                prepare()
             self._good = engine.state()
 
-    @staticmethod
-    def check(state: ReconstructionState, err: float = math.nan) -> str | None:
-        """What is diverged in ``state``, or None; see :func:`divergence`."""
-        return divergence(state, err)
+    def check(
+        self,
+        state: ReconstructionState,
+        err: float = math.nan,
+        amplitude_max: float | None = None,
+    ) -> str | None:
+        """What is diverged in ``state``, or None.
+
+        NaN/inf (:func:`divergence`); a Fourier error (``err``, or the last pass's when a pass
+        ended since the previous check) above ``error_ceiling`` and ``error_jump`` times the
+        recent level; an object amplitude above ``amplitude_factor * amplitude_max``. The
+        error of a good state joins the recent level.
+        """
+        problem = divergence(state, err)
+        if problem is not None:
+            return problem
+        pol = self.policy
+        e = err if math.isfinite(err) else math.nan
+        passes = int(state.fourier_error.size)
+        if not math.isfinite(e) and passes > self._passes_seen:
+            e = float(state.fourier_error[-1])
+        self._passes_seen = passes
+        if math.isfinite(e) and len(self._levels) >= 3:
+            level = float(np.median(np.fromiter(self._levels, dtype=np.float64)))
+            if e > pol.error_ceiling and e > pol.error_jump * level:
+                return (
+                    f"the Fourier error jumped to {e:.3g}, {e / level:.3g} times its recent "
+                    f"level {level:.3g}"
+                )
+        limit = pol.amplitude_factor * (1.0 if amplitude_max is None else float(amplitude_max))
+        if state.object.size:
+            amax = float(np.max(np.abs(state.object)))
+            if amax > limit:
+                return f"the object amplitude reached {amax:.3g}, above {limit:.3g}"
+        if math.isfinite(e):
+            self._levels.append(e)
+        return None
 
     def roll_back(self, engine: _Restorable, problem: str) -> tuple[ReconstructionState, str]:
         """Load the last good state into ``engine``.
@@ -104,8 +210,78 @@ class DivergenceGuard:
             engine.load_state(good)
             reason = (
                 f"divergence: {problem}; rolled back to the state of iteration {good.iteration}, "
-                f"{good.pattern_updates} updates; resume() to continue"
+                f"{good.pattern_updates} updates"
             )
         else:
             reason = f"divergence: {problem}; no good state to roll back to"
-        return engine.state(), reason
+        state = engine.state()
+        self._passes_seen = int(state.fourier_error.size)
+        return state, reason
+
+    def find_culprits(
+        self, engine: Any, diverged: ReconstructionState, *, seed: int = 0
+    ) -> list[tuple[int, str]]:
+        """The patterns to blame for a divergence, with the reason for each.
+
+        Call after :meth:`roll_back` (the engine holds the good state). The candidates are the
+        patterns updated or added since the good state; each is blamed whose residual under the
+        good model (:meth:`~bluesky_ptycho.engine.EPIE.pattern_residuals`) exceeds
+        ``culprit_factor`` times the median residual of the candidates and of a sample of the
+        other patterns held.
+
+        Parameters
+        ----------
+        engine : EPIE
+            With ``pattern_residuals``, ``excluded`` and ``n_patterns``.
+        diverged : ReconstructionState
+            The state that failed the check.
+        seed : int
+            Seed of the reference sample.
+
+        Returns
+        -------
+        list of (int, str)
+            Pattern index and reason; empty if nothing stands out (or there was no good state).
+        """
+        good = self._good
+        if good is None or not hasattr(engine, "pattern_residuals"):
+            return []
+        n = int(engine.n_patterns)
+        excluded = np.asarray(engine.excluded, dtype=bool)
+        before = np.zeros(n, dtype=np.int64)
+        k = min(n, good.updates_per_pattern.size)
+        before[:k] = good.updates_per_pattern[:k]
+        after = np.zeros(n, dtype=np.int64)
+        k = min(n, diverged.updates_per_pattern.size)
+        after[:k] = diverged.updates_per_pattern[:k]
+        new = np.arange(n) >= good.positions_px.shape[0]
+        candidates = np.flatnonzero(((after > before) | new) & ~excluded)
+        if candidates.size == 0:
+            return []
+        others = np.flatnonzero(~excluded)
+        others = others[~np.isin(others, candidates)]
+        rng = np.random.default_rng(seed)
+        take = min(others.size, int(self.policy.reference_sample))
+        sample = rng.choice(others, size=take, replace=False) if take else others[:0]
+        residuals, counts = engine.pattern_residuals(np.concatenate([candidates, sample]))
+        median = float(np.median(residuals))
+        if not median > 0:
+            return []
+        scores = residuals[: candidates.size] / median
+        out: list[tuple[int, str]] = []
+        for j, score, res, cnt in zip(
+            candidates.tolist(),
+            scores.tolist(),
+            residuals.tolist(),
+            counts.tolist(),
+            strict=False,
+        ):
+            if score > self.policy.culprit_factor:
+                out.append(
+                    (
+                        int(j),
+                        f"pattern {j}: the good model misses its data {score:.3g} times more "
+                        f"than the median pattern's (residual {res:.3g}, counts {cnt:.3g})",
+                    )
+                )
+        return out

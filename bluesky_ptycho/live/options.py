@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 from bluesky_ptycho.engine.epie import EPIEOptions
 from bluesky_ptycho.engine.parallel import ParallelOptions
+from bluesky_ptycho.live.guard import GuardPolicy
+from bluesky_ptycho.live.quarantine import QuarantinePolicy
 
 __all__ = ["LIVE_PARALLEL", "PACING_MODES", "LiveOptions", "PacingPolicy", "check_period"]
 
@@ -113,6 +115,11 @@ class LiveOptions:
         ``parallel_options.executor="processes"``).
     parallel_options : ParallelOptions
         Batch size, regulariser and executor of the synchronous engine.
+    quarantine : QuarantinePolicy
+        Which frames are kept aside as implausible (:mod:`bluesky_ptycho.live.quarantine`).
+    guard : GuardPolicy
+        What counts as a diverged update and when a pattern is removed for it
+        (:mod:`bluesky_ptycho.live.guard`).
     """
 
     epie: EPIEOptions = field(default_factory=lambda: EPIEOptions(validation_every=25))
@@ -126,6 +133,8 @@ class LiveOptions:
     parallel: str = "sequential"
     workers: int = 1
     parallel_options: ParallelOptions = field(default_factory=ParallelOptions)
+    quarantine: QuarantinePolicy = field(default_factory=QuarantinePolicy)
+    guard: GuardPolicy = field(default_factory=GuardPolicy)
 
     def __post_init__(self) -> None:
         if not isinstance(self.epie, EPIEOptions):
@@ -149,6 +158,10 @@ class LiveOptions:
             raise ValueError(f"workers must be >= 1, got {self.workers!r}")
         if not isinstance(self.parallel_options, ParallelOptions):
             raise TypeError("parallel_options must be a ParallelOptions")
+        if not isinstance(self.quarantine, QuarantinePolicy):
+            raise TypeError("quarantine must be a QuarantinePolicy")
+        if not isinstance(self.guard, GuardPolicy):
+            raise TypeError("guard must be a GuardPolicy")
         if self.parallel_options.executor == "mpi":
             raise ValueError(
                 "a live reconstruction runs its workers as threads or processes, not MPI ranks"

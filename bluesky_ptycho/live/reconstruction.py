@@ -40,6 +40,7 @@ from bluesky_ptycho.live.options import LiveOptions, PacingPolicy, check_period
 from bluesky_ptycho.live.pacer import Pacer
 from bluesky_ptycho.live.phase import Phase, check_transition
 from bluesky_ptycho.live.publisher import Publisher, Snapshot
+from bluesky_ptycho.live.quarantine import Quarantine, QuarantinedFrame
 from bluesky_ptycho.live.staging import Staging, StagingChunk, check_frames, feed
 from bluesky_ptycho.live.threads import lower_thread_priority
 from bluesky_ptycho.probes import ProbeInit
@@ -74,9 +75,21 @@ class LiveStatus:
         Items rejected: frames the engine refused plus those reported by
         :meth:`LiveReconstruction.record_rejection`.
     fault : str or None
-        Reason of the current fault.
+        Reason of the current fault. Cleared only by :meth:`LiveReconstruction.resume`: a run
+        that ends (``finish()``) while faulted keeps it, also in phase ``"finished"``.
     messages : tuple of str
         The last problems (rejections, faults, observer errors), oldest first.
+    quarantined : int
+        Frames kept aside as implausible (:mod:`~bluesky_ptycho.live.quarantine`): not used.
+    quarantine_reasons : tuple of str
+        ``"frame <submit index>: <reason>"`` for the last quarantined frames, oldest first.
+    removed : int
+        Patterns removed from the engine because an update with them diverged.
+    removal_reasons : tuple of str
+        ``"pattern <engine index>: <reason>"`` for every removed pattern, oldest first.
+    faults : tuple of str
+        Every divergence of the run (also those recovered by a removal or cleared by
+        ``resume()``), oldest first (the last 20); empty for a clean run.
     """
 
     phase: str
@@ -88,6 +101,11 @@ class LiveStatus:
     rejected: int
     fault: str | None
     messages: tuple[str, ...]
+    quarantined: int = 0
+    quarantine_reasons: tuple[str, ...] = ()
+    removed: int = 0
+    removal_reasons: tuple[str, ...] = ()
+    faults: tuple[str, ...] = ()
 
 
 @dataclass
@@ -213,7 +231,14 @@ class LiveReconstruction:
 
         # ---- collaborators of the worker (the publisher's observer list is thread-safe)
         self._pacer = Pacer(self._engine, opts.pacing, seed=opts.epie.seed)
-        self._guard = DivergenceGuard()  # the last state known finite (published)
+        self._guard = DivergenceGuard(opts.guard)  # the last state known good (published)
+        self._quarantine = Quarantine(opts.quarantine)
+        # ---- worker's findings, read under the lock
+        self._quarantined = 0
+        self._quarantine_reasons: deque[str] = deque(maxlen=_MAX_MESSAGES)
+        self._aside: deque[QuarantinedFrame] = deque(maxlen=int(opts.quarantine.keep))
+        self._removal_reasons: list[str] = []
+        self._faults: deque[str] = deque(maxlen=_MAX_MESSAGES)
         self._publisher = Publisher(
             period_s=float(opts.publish_period_s),
             every_updates=int(opts.publish_every_updates),
@@ -319,9 +344,11 @@ class LiveReconstruction:
 
         Notes
         -----
-        Starts the worker if needed. Overrides :meth:`pause` and clears a fault (the final
-        passes start from the rolled-back state); if they diverge again the run ends in phase
-        ``"fault"`` with the last good state. Returns at once; use :meth:`wait`.
+        Starts the worker if needed. Overrides :meth:`pause` and runs the final passes also
+        after a fault (from the rolled-back state), but never clears it: the run then ends in
+        phase ``"finished"`` with ``status.fault`` still set (and every divergence in
+        ``status.faults``); if the final passes diverge again and no pattern is to blame, it
+        ends in phase ``"fault"`` with the last good state. Returns at once; use :meth:`wait`.
         """
         passes = self._options.final_passes if final_passes is None else final_passes
         if int(passes) < 0:
@@ -390,7 +417,17 @@ class LiveReconstruction:
                 rejected=self._rejected,
                 fault=self._fault,
                 messages=tuple(self._messages),
+                quarantined=self._quarantined,
+                quarantine_reasons=tuple(self._quarantine_reasons),
+                removed=len(self._removal_reasons),
+                removal_reasons=tuple(self._removal_reasons),
+                faults=tuple(self._faults),
             )
+
+    def quarantined_frames(self) -> tuple[QuarantinedFrame, ...]:
+        """The last quarantined frames (``options.quarantine.keep`` of them), oldest first."""
+        with self._lock:
+            return tuple(self._aside)
 
     @property
     def options(self) -> LiveOptions:
@@ -549,15 +586,48 @@ class LiveReconstruction:
             self._after_chunk(math.nan, loaded=True)
 
     def _ingest(self, chunks: list[StagingChunk]) -> int:
-        """Move staged frames into the engine; returns the number added."""
+        """Screen staged frames, move the accepted ones into the engine; returns how many."""
+        for ch in chunks:
+            self._screen(ch)
         added = feed(self._engine, chunks, self.record_rejection, name=self._name)
         with self._lock:
             self._staging.recycle(chunks)
-            self._in_use = self._engine.n_patterns
+            self._in_use = self._patterns_in_use()
         if added:
             self._publisher.changed()
             self._pacer.on_added(added)
         return added
+
+    def _patterns_in_use(self) -> int:
+        return int(self._engine.n_patterns - np.count_nonzero(self._engine.excluded))
+
+    def _screen(self, ch: StagingChunk) -> None:
+        """Quarantine the chunk's implausible frames (marks them in ``ch.skip``)."""
+        n = ch.count
+        masks = ch.masks[:n] if ch.has_mask and ch.masks is not None else None
+        verdicts = self._quarantine.screen(ch.frames[:n], masks)
+        for note in verdicts.notes:
+            logger.warning("%s: quarantine: %s", self._name, note)
+            self._note(f"quarantine: {note}")
+        skip = verdicts.rejected
+        if not skip.any():
+            return
+        ch.skip = skip
+        for k in np.flatnonzero(skip).tolist():
+            reason = f"frame {ch.first + k}: quarantined: {verdicts.reasons[k]}"
+            logger.warning("%s: %s", self._name, reason)
+            aside = QuarantinedFrame(
+                index=ch.first + k,
+                reason=str(verdicts.reasons[k]),
+                frame=ch.frames[k].copy(),
+                mask=None if masks is None else masks[k].copy(),
+                position_px=ch.positions[k].copy(),
+            )
+            with self._lock:
+                self._quarantined += 1
+                self._quarantine_reasons.append(reason)
+                self._messages.append(reason)
+                self._aside.append(aside)
 
     def _loop(self) -> None:
         while True:
@@ -607,10 +677,9 @@ class LiveReconstruction:
         Returns True if the state is good.
         """
         st = self._engine.state(validation=False)  # validated when published
-        problem = self._guard.check(st, err)
+        problem = self._guard.check(st, err, self._engine.options.object_amplitude_max)
         if problem is not None:
-            self._roll_back(problem)
-            return False
+            return self._roll_back(problem, st)
         self._pacer.sync(st.updates_per_pattern)
         if not math.isfinite(err) and st.fourier_error.size:
             err = float(st.fourier_error[-1])
@@ -627,19 +696,40 @@ class LiveReconstruction:
         self._maybe_publish("", fresh=False)
         return True
 
-    def _roll_back(self, problem: str) -> None:
+    def _roll_back(self, problem: str, diverged: ReconstructionState) -> bool:
+        """Roll back; remove the patterns to blame if any (True: go on), else fault (False)."""
         st, reason = self._guard.roll_back(self._engine, problem)
         self._pacer.state_replaced()
+        culprits: list[tuple[int, str]] = []
+        with self._lock:
+            removed = len(self._removal_reasons)
+        if self._guard.good is not None and removed < int(self._guard.policy.max_removals):
+            culprits = self._guard.find_culprits(self._engine, diverged)
+            culprits = culprits[: int(self._guard.policy.max_removals) - removed]
+        if culprits:
+            self._engine.exclude([j for j, _ in culprits])
+            which = ", ".join(str(j) for j, _ in culprits)
+            reason = f"{reason}; removed pattern(s) {which}, the update diverged with them"
+            st = self._engine.state(validation=False)
+        else:
+            reason += "; resume() to continue"
         logger.error("%s: %s", self._name, reason)
         self._pacer.sync(st.updates_per_pattern)
         with self._lock:
             self._latest_state = st
             self._iteration = st.iteration
             self._updates = st.pattern_updates
-            self._change_phase_locked(Phase.FAULT)
-            self._fault = reason
+            self._in_use = self._patterns_in_use()
+            self._faults.append(reason)
             self._messages.append(reason)
+            for _, why in culprits:
+                self._removal_reasons.append(why)
+            if not culprits:
+                self._change_phase_locked(Phase.FAULT)
+                self._fault = reason
+        self._publisher.changed()
         self._publish(reason, fresh=False)
+        return bool(culprits)
 
     def _maybe_publish(self, message: str, *, fresh: bool) -> None:
         if self._publisher.due():
@@ -673,7 +763,9 @@ class LiveReconstruction:
 
     # ------------------------------------------------------------------ the end
     def _final_passes(self, passes: int) -> None:
-        self._set_phase(Phase.FINISHING)
+        with self._lock:
+            fault = self._fault  # finish() does not clear a fault: it stays in the status
+        self._set_phase(Phase.FINISHING, fault)
         engine = self._engine
         self._guard.ensure_good(engine)
         # an unfinished pass (it may miss the newest patterns) is completed first
@@ -702,8 +794,10 @@ class LiveReconstruction:
         self._end(Phase.FINISHED)
 
     def _end(self, phase: Phase, message: str | None = None) -> None:
+        """End the run in ``phase``; a fault of the run stays in the status and the message."""
         with self._lock:
             self._change_phase_locked(phase)
-            if phase != Phase.FAULT:
-                self._fault = None
+            fault = self._fault
+        if message is None and fault is not None:
+            message = f"ended with a fault: {fault}"
         self._publish(message or "", fresh=True)

@@ -46,6 +46,7 @@ class StagingChunk:
         self.has_mask = False
         self.count = 0
         self.first = 0  # submit index of the chunk's first frame
+        self.skip: np.ndarray | None = None  # per frame: True = not to be fed (quarantined)
 
     @property
     def room(self) -> int:
@@ -77,6 +78,7 @@ class StagingChunk:
         """Empty the chunk (the buffers stay allocated)."""
         self.count = 0
         self.has_mask = False
+        self.skip = None
 
 
 class Staging:
@@ -243,6 +245,7 @@ def feed(
 
     Each chunk goes in as one batch; if the engine refuses the batch, its frames are retried
     one by one and each frame refused again is reported to ``reject`` with its submit index.
+    Frames a chunk marks in ``skip`` (quarantined) are left out.
 
     Parameters
     ----------
@@ -260,6 +263,14 @@ def feed(
         n = ch.count
         frames, pos = ch.frames[:n], ch.positions[:n]
         masks = ch.masks[:n] if ch.has_mask and ch.masks is not None else None
+        numbers = np.arange(ch.first, ch.first + n)
+        if ch.skip is not None and ch.skip[:n].any():
+            keep = ~ch.skip[:n]
+            frames, pos, numbers = frames[keep], pos[keep], numbers[keep]
+            masks = None if masks is None else masks[keep]
+            n = int(keep.sum())
+            if n == 0:
+                continue
         try:
             engine.add(frames, pos, masks)
             added += n
@@ -271,5 +282,5 @@ def feed(
                     engine.add(frames[i], pos[i], None if masks is None else masks[i])
                     added += 1
                 except Exception as exc:
-                    reject(f"frame {ch.first + i}: {exc}")
+                    reject(f"frame {int(numbers[i])}: {exc}")
     return added
