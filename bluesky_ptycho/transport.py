@@ -1,20 +1,32 @@
-"""Documents across processes: bluesky's 0MQ ``Publisher`` -> proxy -> ``RemoteDispatcher``.
+"""Documents across processes: bluesky's 0MQ ``Publisher`` -> proxy -> :class:`DocumentFeed`.
 
 The RunEngine side is one line, ``publish(RE, "127.0.0.1:5577")``; the consumer side is a
-:class:`DocumentFeed`, a ``RemoteDispatcher`` running on a background thread that hands each
-``(name, doc)`` to a callback (for instance a ``PtychoCallback``). In between runs the standard
-``bluesky-0MQ-proxy``; :class:`ProxyProcess` starts one bound to loopback (tests, demos, a
-single-host beamline).
+:class:`DocumentFeed`, a 0MQ SUB socket read on a background thread that hands each
+``(name, doc)`` to a callback (for instance a ``PtychoCallback``). In between runs a proxy;
+:class:`ProxyProcess` starts one bound to loopback (tests, demos, a single-host beamline). The
+wire format is bluesky's (``prefix b" " name b" " payload``), so bluesky's own
+``bluesky-0MQ-proxy`` and ``RemoteDispatcher`` interoperate with these pieces.
 
 Documents are encoded with msgpack (:func:`serialize` / :func:`deserialize`), never pickle:
 unpickling bytes read from a network socket runs whatever code they name. NumPy arrays and
 scalars travel as a msgpack extension type holding the dtype, the shape and the raw bytes;
 object dtypes are never decoded (``msgpack_numpy``'s decoder unpickles them, so it is not used).
+
+Flow control (see ``docs/explanation/transport.md`` for the measurements): 0MQ PUB sockets
+never block; when a subscriber's queue reaches the high-water mark they drop messages
+silently. Every socket on the path (the publisher's PUB, the proxy's SUB and PUB, the feed's
+SUB) therefore has its high-water mark set here on purpose, :data:`DEFAULT_HWM` messages, which
+bounds each queue to ``hwm x message size`` (about 0.5 GB per queue for 256 x 256 uint32
+frames at the default). Loss that still happens (a proxy restart, a consumer slower than the
+detector for longer than the queues last) cannot be seen by 0MQ; it shows as gaps in the
+events' ``seq_num``, which ``PtychoCallback`` counts. The feed reports what it can see itself
+(:class:`FeedStatus`): whether the link to the proxy is up (socket monitor plus 0MQ heartbeats),
+how many documents it handled, dropped as oversized or could not decode.
 """
 
 from __future__ import annotations
 
-import asyncio
+import argparse
 import contextlib
 import logging
 import math
@@ -25,23 +37,27 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
 import msgpack
 import numpy as np
 import zmq
-from bluesky.callbacks.zmq import Publisher, RemoteDispatcher
+import zmq.utils.monitor
+from bluesky.callbacks.zmq import Publisher
 
 __all__ = [
+    "DEFAULT_HWM",
     "DocumentFeed",
+    "FeedStatus",
     "ProxyProcess",
     "Publication",
     "deserialize",
     "free_port",
     "make_publisher",
     "publish",
+    "run_proxy",
     "serialize",
 ]
 
@@ -52,6 +68,59 @@ _EXT_NDARRAY = 1
 _EXT_NPSCALAR = 2
 #: Payload layout: uint32 header length (little endian), msgpack header [dtype, shape], raw bytes.
 _HEADER_LEN = struct.Struct("<I")
+
+#: High-water mark, in messages, of every socket on the path (publisher PUB, proxy SUB and PUB,
+#: feed SUB). 0MQ's default is 1000. 4000 queued messages hold about 2 s of a 2 kHz detector
+#: per queue; for 256 x 256 uint32 frames (262 KB per event document) that is at most about
+#: 1.05 GB per queue, reached only while a consumer is behind.
+DEFAULT_HWM = 4000
+#: 0MQ heartbeats: a PING every second; a peer silent for 3 s is dropped (and reconnected).
+HEARTBEAT_IVL_MS = 1000
+HEARTBEAT_TIMEOUT_MS = 3000
+#: Reconnection to a vanished proxy: first retry after 100 ms, backing off to one per second.
+RECONNECT_IVL_MS = 100
+RECONNECT_IVL_MAX_MS = 1000
+#: Room for the prefix and document name in front of the payload, in bytes.
+_ENVELOPE_BYTES = 4096
+#: The document names bluesky defines (``bluesky.run_engine.DocumentNames``).
+_DOCUMENT_NAMES = frozenset(
+    {
+        "start",
+        "descriptor",
+        "event",
+        "stop",
+        "bulk_events",
+        "datum",
+        "resource",
+        "bulk_datum",
+        "event_page",
+        "datum_page",
+        "stream_resource",
+        "stream_datum",
+    }
+)
+
+
+def _configure(sock: zmq.Socket, *, hwm: int, linger_ms: int) -> None:
+    """High-water marks, linger, heartbeats and reconnection of one socket (before bind/connect)."""
+    sock.setsockopt(zmq.SNDHWM, hwm)
+    sock.setsockopt(zmq.RCVHWM, hwm)
+    sock.setsockopt(zmq.LINGER, linger_ms)
+    sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)
+    sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+
+
+def _check_hwm(hwm: int) -> int:
+    if isinstance(hwm, bool) or not isinstance(hwm, int) or hwm < 1:
+        raise ValueError(f"hwm must be a positive number of messages, got {hwm!r}")
+    return hwm
+
+
+def _tcp(address: str) -> str:
+    return address if "://" in address else f"tcp://{address}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,14 +245,14 @@ def serialize(doc: dict) -> bytes:
     return msgpack.packb(doc, default=_default, use_bin_type=True, strict_types=True)
 
 
-def deserialize(data: bytes) -> dict:
+def deserialize(data: bytes | memoryview) -> dict:
     """Decode bytes made by :func:`serialize` back into a document.
 
     Never executes code from the message: no pickle, and object dtypes are refused.
 
     Parameters
     ----------
-    data : bytes
+    data : bytes or memoryview
         The encoded document.
 
     Returns
@@ -212,7 +281,9 @@ def deserialize(data: bytes) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-def make_publisher(address: str, prefix: bytes = b"", *, linger: float = 2.0) -> Publisher:
+def make_publisher(
+    address: str, prefix: bytes = b"", *, linger: float = 2.0, hwm: int = DEFAULT_HWM
+) -> Publisher:
     """A bluesky ``Publisher`` that encodes with :func:`serialize` (msgpack, not pickle).
 
     Parameters
@@ -224,21 +295,30 @@ def make_publisher(address: str, prefix: bytes = b"", *, linger: float = 2.0) ->
     linger : float, optional
         Seconds that closing (or garbage-collecting) the publisher may wait to deliver queued
         messages. 0MQ's default is forever: with the proxy gone, ``close()`` would hang.
+    hwm : int, optional
+        Messages queued for the proxy before the publisher drops (it never blocks the
+        RunEngine): the RunEngine process holds at most ``hwm`` x document size for it.
 
     Returns
     -------
     bluesky.callbacks.zmq.Publisher
         Call it as ``publisher(name, doc)``; ``publisher.close()`` releases its socket.
     """
+    _check_hwm(hwm)
     publisher = Publisher(address, prefix=prefix, serializer=serialize)
-    # bluesky gives no way to set socket options; its PUB socket is the private ``_socket``
-    sock = getattr(publisher, "_socket", None)
-    if isinstance(sock, zmq.Socket):
-        sock.setsockopt(zmq.LINGER, max(0, round(1000 * linger)))
+    # bluesky sets no socket options and connects at once; 0MQ applies high-water marks only
+    # to later connections, so its PUB socket (the private ``_socket``) is replaced by one
+    # configured before it connects.
+    old = getattr(publisher, "_socket", None)
+    context = getattr(publisher, "_context", None)
+    if isinstance(old, zmq.Socket) and isinstance(context, zmq.Context):
+        old.close(linger=0)
+        sock = context.socket(zmq.PUB)
+        _configure(sock, hwm=hwm, linger_ms=max(0, round(1000 * linger)))
+        sock.connect(publisher.address)
+        publisher._socket = sock
     else:  # pragma: no cover - bluesky changed its internals
-        logger.warning(
-            "cannot bound the Publisher's linger; close() may block if the proxy is gone"
-        )
+        logger.warning("cannot configure the Publisher's socket; 0MQ defaults apply")
     return publisher
 
 
@@ -267,7 +347,9 @@ class Publication:
         self.close()
 
 
-def publish(RE: Any, address: str = "127.0.0.1:5577", *, prefix: bytes = b"") -> Publication:
+def publish(
+    RE: Any, address: str = "127.0.0.1:5577", *, prefix: bytes = b"", hwm: int = DEFAULT_HWM
+) -> Publication:
     """Publish a RunEngine's documents to a 0MQ proxy, msgpack-encoded: the one-line RE side.
 
     Parameters
@@ -278,6 +360,8 @@ def publish(RE: Any, address: str = "127.0.0.1:5577", *, prefix: bytes = b"") ->
         The proxy's *in* address, ``"host:port"``.
     prefix : bytes, optional
         Tag distinguishing this publisher's messages; may not contain ``b" "``.
+    hwm : int, optional
+        The publisher's high-water mark (see :func:`make_publisher`).
 
     Returns
     -------
@@ -289,7 +373,7 @@ def publish(RE: Any, address: str = "127.0.0.1:5577", *, prefix: bytes = b"") ->
     0MQ drops what a PUB socket sends before its subscribers have joined (the "slow joiner"):
     documents emitted in the first few milliseconds after this call may be lost.
     """
-    publisher = make_publisher(address, prefix=prefix)
+    publisher = make_publisher(address, prefix=prefix, hwm=hwm)
     return Publication(RE=RE, token=RE.subscribe(publisher), publisher=publisher)
 
 
@@ -298,23 +382,42 @@ def publish(RE: Any, address: str = "127.0.0.1:5577", *, prefix: bytes = b"") ->
 # --------------------------------------------------------------------------------------------
 
 
-class _DecodeFailure:
-    """Stands in for a document whose bytes could not be decoded; the feed skips it."""
+@dataclass(frozen=True)
+class FeedStatus:
+    """What a :class:`DocumentFeed` can see of its link; cheap to take at any time.
 
-    __slots__ = ("reason",)
+    Attributes
+    ----------
+    connected : bool
+        Whether the SUB socket has a live connection to the proxy (0MQ handshake done, no
+        disconnection since; a silent proxy is dropped after the heartbeat timeout, 3 s).
+    documents : int
+        Documents decoded and handed to the callback (including those it raised on).
+    errors : int
+        Messages that could not be split or decoded, unknown document names, callback
+        exceptions.
+    oversized : int
+        Messages larger than ``max_document_bytes``, dropped before decoding.
+    last_document_age : float or None
+        Seconds since the last document was handed to the callback; None before the first.
+    """
 
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
+    connected: bool
+    documents: int
+    errors: int
+    oversized: int
+    last_document_age: float | None
 
 
-def _cancel_all_tasks(loop: asyncio.AbstractEventLoop) -> None:
-    """Cancel every task of ``loop``; must run on the loop's own thread."""
-    for task in asyncio.all_tasks(loop):
-        task.cancel()
+def _worth_logging(count: int) -> bool:
+    """1, 10, 100, ...: a repeating problem is logged a few times, not once per message."""
+    while count >= 10 and count % 10 == 0:
+        count //= 10
+    return count == 1
 
 
 class DocumentFeed:
-    """A ``RemoteDispatcher`` on a background thread, feeding ``(name, doc)`` to a callback.
+    """A 0MQ SUB socket read on a background thread, feeding ``(name, doc)`` to a callback.
 
     Parameters
     ----------
@@ -322,25 +425,31 @@ class DocumentFeed:
         The proxy's *out* address, ``"host:port"``.
     callback : callable
         Called as ``callback(name, doc)`` on the feed's thread for every document. Exceptions it
-        raises are logged and counted in :attr:`errors`; they never stop the feed.
+        raises are logged and counted in :attr:`errors`; they never stop the feed. It should
+        return quickly (queue the work): while it runs, messages wait in the socket's queue.
     prefix : bytes, optional
         Only messages published with this prefix are delivered (``b""``: all of them).
     name : str, optional
         Name of the background thread.
+    max_document_bytes : int, optional
+        Larger messages are dropped before decoding and counted in ``status.oversized``;
+        0MQ itself refuses (and drops the connection on) messages more than 4 KiB larger, so a
+        hostile sender cannot make the feed allocate more than this.
+    hwm : int, optional
+        Receive high-water mark, in messages (:data:`DEFAULT_HWM`).
 
     Notes
     -----
-    Messages whose payload is not a msgpack document (pickle, garbage) are counted in
-    :attr:`errors` and skipped. A message with an unknown document name makes bluesky's
-    ``RemoteDispatcher`` task fail; the feed counts that as an error and reconnects, losing
-    whatever is published during the reconnection. Messages that cannot even be split into
-    prefix, name and payload are dropped by ``RemoteDispatcher`` itself (it prints a line) and
-    are not counted.
+    The SUB socket reconnects by itself when the proxy comes back on the same address; what
+    was published meanwhile is lost (0MQ cannot know it), which shows as ``seq_num`` gaps.
+    Messages that cannot be split into prefix, name and payload, or name no bluesky document,
+    or do not decode (pickle, garbage), are counted in ``errors`` and skipped.
 
     Examples
     --------
     >>> feed = DocumentFeed("127.0.0.1:5578", ptycho_callback)  # doctest: +SKIP
     >>> feed.start()  # doctest: +SKIP
+    >>> feed.status.connected  # doctest: +SKIP
     >>> feed.stop()  # doctest: +SKIP
     """
 
@@ -351,22 +460,36 @@ class DocumentFeed:
         *,
         prefix: bytes = b"",
         name: str = "document-feed",
+        max_document_bytes: int = 256 * 2**20,
+        hwm: int = DEFAULT_HWM,
     ) -> None:
         if not isinstance(prefix, bytes):
             raise TypeError("prefix must be bytes")
         if b" " in prefix:
             raise ValueError(f"prefix {prefix!r} may not contain b' '")
+        if (
+            isinstance(max_document_bytes, bool)
+            or not isinstance(max_document_bytes, int)
+            or max_document_bytes < 1
+        ):
+            raise ValueError(
+                f"max_document_bytes must be a positive int, got {max_document_bytes!r}"
+            )
         self._address = address
         self._callback = callback
         self._prefix = prefix
         self._name = name
+        self._max_document_bytes = max_document_bytes
+        self._hwm = _check_hwm(hwm)
         self._lock = threading.Lock()
         self._stop_requested = threading.Event()
+        self._ready = threading.Event()
         self._connected = threading.Event()
         self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._documents_received = 0
         self._errors = 0
+        self._oversized = 0
+        self._last_document: float | None = None
         self._last_error: str | None = None
         self._fatal: str | None = None
 
@@ -390,6 +513,11 @@ class DocumentFeed:
         return thread is not None and thread.is_alive()
 
     @property
+    def connected(self) -> bool:
+        """Whether the link to the proxy is up (see :class:`FeedStatus`)."""
+        return self._connected.is_set()
+
+    @property
     def documents_received(self) -> int:
         """Documents decoded and handed to the callback (including those it raised on)."""
         with self._lock:
@@ -397,7 +525,7 @@ class DocumentFeed:
 
     @property
     def errors(self) -> int:
-        """Undecodable messages, callback exceptions and dispatcher failures so far."""
+        """Undecodable messages, callback exceptions and socket failures so far."""
         with self._lock:
             return self._errors
 
@@ -407,27 +535,46 @@ class DocumentFeed:
         with self._lock:
             return self._last_error
 
+    @property
+    def status(self) -> FeedStatus:
+        """Connection, counters and the age of the last document (:class:`FeedStatus`)."""
+        with self._lock:
+            last = self._last_document
+            return FeedStatus(
+                connected=self._connected.is_set(),
+                documents=self._documents_received,
+                errors=self._errors,
+                oversized=self._oversized,
+                last_document_age=None if last is None else time.monotonic() - last,
+            )
+
+    def wait_connected(self, timeout: float) -> bool:
+        """Wait until the link to the proxy is up; return whether it is."""
+        return self._connected.wait(timeout)
+
     # -- control -----------------------------------------------------------------------------
 
     def start(self, timeout: float = 10.0) -> None:
-        """Start the thread and subscribe; return once the SUB socket is connected.
+        """Start the thread and subscribe; return once the SUB socket is set up.
 
         Parameters
         ----------
         timeout : float, optional
-            Seconds to wait for the dispatcher to be up.
+            Seconds to wait for the socket.
 
         Raises
         ------
         RuntimeError
-            If the feed was started (or stopped) before, or the dispatcher failed to start.
+            If the feed was started (or stopped) before, or the socket could not be set up
+            (for instance a malformed address).
         TimeoutError
-            If the dispatcher was not up within ``timeout``.
+            If the socket was not set up within ``timeout``.
 
         Notes
         -----
-        "Connected" is 0MQ's notion: the connection and subscription complete asynchronously,
-        so messages published in the next few milliseconds may still be missed (slow joiner).
+        The connection to the proxy completes asynchronously (and is retried while the proxy
+        is away): see :attr:`connected` and :meth:`wait_connected`. Messages published before
+        the subscription reaches the proxy are missed (0MQ's slow joiner).
         """
         if self._thread is not None:
             raise RuntimeError("a DocumentFeed can be started only once; make a new one")
@@ -436,12 +583,12 @@ class DocumentFeed:
         self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
         self._thread.start()
         deadline = time.monotonic() + timeout
-        while not self._connected.wait(0.05):
+        while not self._ready.wait(0.05):
             if not self._thread.is_alive():
                 raise RuntimeError(f"document feed failed to start: {self._fatal}")
             if time.monotonic() > deadline:
                 self.stop()
-                raise TimeoutError(f"document feed not connected to {self._address} in {timeout} s")
+                raise TimeoutError(f"document feed not set up for {self._address} in {timeout} s")
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the feed and join its thread; safe from any thread, idempotent.
@@ -459,13 +606,6 @@ class DocumentFeed:
             If the thread is still alive after ``timeout`` (e.g. the callback is blocked).
         """
         self._stop_requested.set()
-        with self._lock:
-            loop = self._loop
-        if loop is not None:
-            # RemoteDispatcher.stop() cannot be called from inside its running loop; cancelling
-            # its task on the loop thread makes its start() return and clean up after itself.
-            with contextlib.suppress(RuntimeError):  # loop already closed: nothing to cancel
-                loop.call_soon_threadsafe(_cancel_all_tasks, loop)
         thread = self._thread
         if thread is None or thread is threading.current_thread():
             return
@@ -478,67 +618,123 @@ class DocumentFeed:
     def _record_error(self, message: str) -> None:
         with self._lock:
             self._errors += 1
+            count = self._errors
             self._last_error = message
+        if _worth_logging(count):
+            logger.warning("%s: %s (%d errors so far)", self._name, message, count)
 
-    def _decode(self, data: bytes) -> dict | _DecodeFailure:
-        """Deserializer for the RemoteDispatcher: never raises, so it never prints or dies."""
+    def _handle(self, frame: zmq.Frame) -> None:
+        """Split, size-check, decode and dispatch one message; never raises."""
+        buf = frame.buffer
+        head = bytes(buf[: min(len(buf), 1024)])
+        first = head.find(b" ")
+        second = head.find(b" ", first + 1) if first >= 0 else -1
+        if second < 0:
+            self._record_error(f"message of {len(buf)} bytes is not 'prefix name payload'")
+            return
         try:
-            return deserialize(data)
+            name = head[first + 1 : second].decode("ascii")
+        except UnicodeDecodeError:
+            name = ""
+        if name not in _DOCUMENT_NAMES:
+            self._record_error(f"unknown document name {head[first + 1 : second]!r:.80}")
+            return
+        size = len(buf) - second - 1
+        if size > self._max_document_bytes:
+            with self._lock:
+                self._oversized += 1
+                count = self._oversized
+            if _worth_logging(count):
+                logger.warning(
+                    "%s: dropped a %s document of %d bytes (max_document_bytes %d; %d so far)",
+                    self._name,
+                    name,
+                    size,
+                    self._max_document_bytes,
+                    count,
+                )
+            return
+        try:
+            doc = deserialize(buf[second + 1 :])
         except Exception as exc:
-            message = f"undecodable message ({len(data)} bytes): {exc}"
-            self._record_error(message)
-            logger.warning("%s: %s", self._name, message)
-            return _DecodeFailure(message)
-
-    def _dispatch(self, name: str, doc: dict | _DecodeFailure) -> None:
-        if isinstance(doc, _DecodeFailure):
+            self._record_error(f"undecodable {name} message ({size} bytes): {exc}")
             return
         with self._lock:
             self._documents_received += 1
+            self._last_document = time.monotonic()
         try:
             self._callback(name, doc)
         except Exception as exc:
             self._record_error(f"callback raised on {name!r} document: {exc!r}")
             logger.exception("%s: callback raised on a %r document", self._name, name)
 
-    def _mark_connected(self) -> None:
-        self._connected.set()
+    def _on_monitor(self, monitor: zmq.Socket) -> None:
+        while True:
+            try:
+                event = zmq.utils.monitor.recv_monitor_message(monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            kind = event["event"]
+            if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                if not self._connected.is_set():
+                    logger.info("%s: connected to %s", self._name, self._address)
+                self._connected.set()
+            elif kind == zmq.EVENT_DISCONNECTED:
+                if self._connected.is_set():
+                    logger.warning("%s: lost the proxy at %s", self._name, self._address)
+                self._connected.clear()
 
     def _run(self) -> None:
-        while not self._stop_requested.is_set():
-            loop = asyncio.new_event_loop()
-            with self._lock:
-                if self._stop_requested.is_set():
-                    loop.close()
-                    break
-                self._loop = loop
-            was_connected = self._connected.is_set()
-            try:
-                dispatcher = RemoteDispatcher(
-                    self._address, prefix=self._prefix, loop=loop, deserializer=self._decode
-                )
-                dispatcher.subscribe(self._dispatch)
-                # runs once the loop runs, i.e. after the SUB socket has connected and subscribed
-                loop.call_soon(self._mark_connected)
-                dispatcher.start()
-            except asyncio.CancelledError:
-                pass  # stop() cancelled the dispatcher's task
-            except Exception as exc:
-                if self._stop_requested.is_set():
-                    break
-                if not was_connected and not self._connected.is_set():
-                    self._fatal = repr(exc)
-                    self._record_error(f"dispatcher failed to start: {exc!r}")
-                    logger.error("%s: dispatcher failed to start: %r", self._name, exc)
-                    break
-                self._record_error(f"dispatcher failed, reconnecting: {exc!r}")
-                logger.warning("%s: dispatcher failed (%r); reconnecting", self._name, exc)
-                self._stop_requested.wait(0.05)
-            finally:
-                with self._lock:
-                    self._loop = None
-                if not loop.is_closed():
-                    loop.close()
+        context = zmq.Context()
+        sock = context.socket(zmq.SUB)
+        monitor: zmq.Socket | None = None
+        try:
+            _configure(sock, hwm=self._hwm, linger_ms=0)
+            sock.setsockopt(zmq.MAXMSGSIZE, self._max_document_bytes + _ENVELOPE_BYTES)
+            monitor = sock.get_monitor_socket(
+                zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+            )
+            sock.setsockopt(zmq.SUBSCRIBE, self._prefix + b" " if self._prefix else b"")
+            sock.connect(_tcp(self._address))
+        except Exception as exc:
+            self._fatal = repr(exc)
+            self._record_error(f"feed failed to start: {exc!r}")
+            if monitor is not None:
+                monitor.close(linger=0)
+            sock.close(linger=0)
+            context.term()
+            return
+        self._ready.set()
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
+        try:
+            while not self._stop_requested.is_set():
+                ready = dict(poller.poll(100))
+                if monitor in ready:
+                    self._on_monitor(monitor)
+                if sock not in ready:
+                    continue
+                # a batch, then look at the monitor and the stop request again
+                for _ in range(256):
+                    if self._stop_requested.is_set():
+                        break
+                    try:
+                        frame = sock.recv(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    self._handle(frame)
+        except Exception as exc:  # pragma: no cover - a 0MQ failure of the socket itself
+            self._fatal = repr(exc)
+            self._record_error(f"feed socket failed: {exc!r}")
+            logger.exception("%s: the SUB socket failed", self._name)
+        finally:
+            self._connected.clear()
+            with contextlib.suppress(zmq.ZMQError):
+                sock.disable_monitor()
+            monitor.close(linger=0)
+            sock.close(linger=0)
+            context.term()
 
 
 # --------------------------------------------------------------------------------------------
@@ -572,12 +768,46 @@ def _accepts_connections(host: str, port: int) -> bool:
         return False
 
 
-class ProxyProcess:
-    """``bluesky-0MQ-proxy`` as a subprocess, bound to ``host`` (loopback by default).
+def run_proxy(in_address: str, out_address: str, *, hwm: int = DEFAULT_HWM) -> None:
+    """Forward every message from ``in_address`` (SUB, bound) to ``out_address`` (PUB, bound).
 
-    Runs ``python -m bluesky.commandline.zmq_proxy --in-address tcp://HOST:IN
-    --out-address tcp://HOST:OUT`` with the current interpreter (the ``--in/out-address``
-    form binds the given interface; bare positional ports would bind 0.0.0.0).
+    The same forwarding as ``bluesky-0MQ-proxy``, with the high-water marks and heartbeats set
+    on purpose: its SUB queues at most ``hwm`` messages from the publishers, its PUB at most
+    ``hwm`` messages per subscriber (then drops for that subscriber only, which sees the loss as
+    ``seq_num`` gaps); a subscriber silent for 3 s is dropped with its queue. A proxy with ``s``
+    subscribers thus holds at most ``(1 + s) x hwm`` messages. Runs until the process ends.
+
+    Parameters
+    ----------
+    in_address, out_address : str
+        ``"host:port"`` or ``"tcp://host:port"`` to bind.
+    hwm : int, optional
+        High-water mark of both sockets, in messages.
+    """
+    _check_hwm(hwm)
+    context = zmq.Context()
+    frontend = context.socket(zmq.SUB)
+    backend = context.socket(zmq.PUB)
+    try:
+        _configure(frontend, hwm=hwm, linger_ms=0)
+        _configure(backend, hwm=hwm, linger_ms=0)
+        frontend.setsockopt(zmq.SUBSCRIBE, b"")
+        frontend.bind(_tcp(in_address))
+        backend.bind(_tcp(out_address))
+        print(f"Receiving on {_tcp(in_address)}; publishing to {_tcp(out_address)}", flush=True)
+        zmq.proxy(frontend, backend)
+    finally:
+        frontend.close(linger=0)
+        backend.close(linger=0)
+        context.term()
+
+
+class ProxyProcess:
+    """A 0MQ proxy (:func:`run_proxy`) as a subprocess, bound to ``host`` (loopback by default).
+
+    Runs ``python -m bluesky_ptycho.transport --in-address tcp://HOST:IN --out-address
+    tcp://HOST:OUT --hwm HWM`` with the current interpreter: bluesky's ``bluesky-0MQ-proxy``
+    forwarding (same wire format), with high-water marks and heartbeats set on purpose.
 
     Parameters
     ----------
@@ -587,6 +817,8 @@ class ProxyProcess:
         Port feeds subscribe to; None picks a free one.
     host : str, optional
         Interface to bind.
+    hwm : int, optional
+        High-water mark of the proxy's sockets, in messages (:func:`run_proxy`).
 
     Examples
     --------
@@ -596,8 +828,14 @@ class ProxyProcess:
     """
 
     def __init__(
-        self, in_port: int | None = None, out_port: int | None = None, host: str = "127.0.0.1"
+        self,
+        in_port: int | None = None,
+        out_port: int | None = None,
+        host: str = "127.0.0.1",
+        *,
+        hwm: int = DEFAULT_HWM,
     ) -> None:
+        self._hwm = _check_hwm(hwm)
         self._host = host
         self._fixed_in = in_port
         self._fixed_out = out_port
@@ -673,7 +911,7 @@ class ProxyProcess:
             except RuntimeError:
                 output = self._discard()
                 if attempt == attempts - 1:
-                    raise RuntimeError(f"bluesky 0MQ proxy exited: {output}") from None
+                    raise RuntimeError(f"0MQ proxy exited: {output}") from None
             except TimeoutError:
                 self.stop()
                 raise
@@ -683,11 +921,13 @@ class ProxyProcess:
         cmd = [
             sys.executable,
             "-m",
-            "bluesky.commandline.zmq_proxy",
+            "bluesky_ptycho.transport",
             "--in-address",
             f"tcp://{self._host}:{self._in_port}",
             "--out-address",
             f"tcp://{self._host}:{self._out_port}",
+            "--hwm",
+            str(self._hwm),
         ]
         self._log = tempfile.TemporaryFile()
         self._proc = subprocess.Popen(
@@ -744,6 +984,35 @@ class ProxyProcess:
             self._log.close()
             self._log = None
 
+    def kill(self, timeout: float = 5.0) -> None:
+        """Kill the proxy by pid with SIGKILL (as a crash would) and reap it; idempotent.
+
+        The ports stay assigned: :meth:`restart` brings a proxy back on the same ones.
+        """
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def restart(self, timeout: float = 10.0) -> ProxyProcess:
+        """Start a new proxy process on the same ports after :meth:`stop` or :meth:`kill`.
+
+        Raises
+        ------
+        RuntimeError
+            If the proxy is still running, or never had ports.
+        """
+        if self.running:
+            raise RuntimeError("the proxy is still running; stop() or kill() it first")
+        if self._in_port is None or self._out_port is None:
+            raise RuntimeError("the proxy never started: nothing to restart")
+        self._proc = None
+        self._fixed_in, self._fixed_out = self._in_port, self._out_port
+        return self.start(timeout)
+
     def __enter__(self) -> ProxyProcess:
         if self._proc is None:
             self.start()
@@ -751,3 +1020,20 @@ class ProxyProcess:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m bluesky_ptycho.transport --in-address A --out-address B [--hwm N]``."""
+    parser = argparse.ArgumentParser(description="0MQ proxy for bluesky documents (loopback).")
+    parser.add_argument("--in-address", required=True, help="where publishers send (bind)")
+    parser.add_argument("--out-address", required=True, help="where subscribers connect (bind)")
+    parser.add_argument("--hwm", type=int, default=DEFAULT_HWM, help="high-water mark, messages")
+    args = parser.parse_args(argv)
+    try:
+        run_proxy(args.in_address, args.out_address, hwm=args.hwm)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
