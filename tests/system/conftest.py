@@ -128,6 +128,7 @@ class ServerFactory:
             return [
                 *("-m", "bluesky_ptycho.serve", "--port", str(port), "--device", DEVICE),
                 *("--instance", name, "--output-dir", str(out), "--db-file", str(db)),
+                *("--data-dir", str(self.root.parent)),  # DataDirectories: the tests' tmp dirs
                 *(["--zmq", zmq] if zmq else []),
                 *(extra or []),
             ]

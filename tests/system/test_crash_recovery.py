@@ -1,0 +1,212 @@
+"""The device server ``kill -9``-ed mid-scan and restarted: the run is resumed, loss is counted.
+
+Real processes: a ``bluesky-0MQ-proxy`` and a database-free device server with a
+``CheckpointDirectory``. This process publishes a recorded scan's documents (event_model, the
+small simulated dataset) through the proxy at a fixed rate; once the server has checkpointed
+part of the scan, it gets ``SIGKILL`` while frames are still flowing; more frames are published
+while it is down; it is restarted with the same property file, and the rest of the scan and
+the stop follow. The device must resume the run from its checkpoint, report exactly the events
+it never used as FramesLost, and end the run saved.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import event_model
+import pytest
+import tango
+from tango import DevState
+
+from bluesky_ptycho.checkpoint import read_checkpoints
+from bluesky_ptycho.setup import ScanSetup
+from bluesky_ptycho.transport import ProxyProcess, make_publisher
+
+if TYPE_CHECKING:
+    from conftest import ServerFactory
+
+RATE_HZ = 20.0
+WAIT = 120.0  # upper bounds only
+DET, SY, SX = "det_image", "sy", "sx"
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = WAIT, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if condition():
+                return True
+        except tango.DevFailed:
+            pass
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+
+
+def recorded_scan(ds: Any) -> tuple[list[tuple[str, dict]], list[dict], dict]:
+    """Start + descriptor, every event, and the stop of the small dataset's scan."""
+    g = ds.geometry
+    setup = ScanSetup(
+        energy_eV=g.energy_eV,
+        detector_distance_m=g.detector_distance_m,
+        detector_pixel_m=g.detector_pixel_m,
+        crop=ds.intensities.shape[-1],
+        detector_key=DET,
+        position_keys=(SY, SX),
+        position_scale_m=1e-6,
+        nominal_positions_m=ds.nominal_positions_m,
+        pattern="raster",
+        margin_px=ds.preset.margin_px,
+    )
+    n = ds.intensities.shape[0]
+    run = event_model.compose_run(
+        metadata={"ptycho": setup.to_start_doc(), "num_points": n, "plan_name": "recorded"}
+    )
+    number = {"source": "sim", "dtype": "number", "shape": []}
+    shape = list(ds.intensities.shape[1:])
+    desc = run.compose_descriptor(
+        name="primary",
+        data_keys={
+            DET: {"source": "sim", "dtype": "array", "shape": shape},
+            SY: number,
+            SX: number,
+        },
+    )
+    events = []
+    for k in range(n):
+        y, x = ds.positions_m[k] / 1e-6
+        events.append(
+            desc.compose_event(
+                data={DET: ds.intensities[k], SY: float(y), SX: float(x)},
+                timestamps={DET: 0.0, SY: 0.0, SX: 0.0},
+                seq_num=k + 1,
+            )
+        )
+    head = [("start", dict(run.start_doc)), ("descriptor", dict(desc.descriptor_doc))]
+    return head, events, dict(run.compose_stop(exit_status="success"))
+
+
+@pytest.fixture
+def publisher(zmq_proxy: ProxyProcess) -> Iterator[Any]:
+    pub = make_publisher(zmq_proxy.in_address)
+    try:
+        yield pub
+    finally:
+        pub.close()
+
+
+def warm_up(pub: Any, dev: Any) -> None:
+    """Beat the 0MQ slow joiner: throwaway runs (no start["ptycho"], ignored) until one
+    document has crossed the proxy into the device."""
+    for _ in range(200):
+        pub("start", dict(event_model.compose_run(metadata={"plan_name": "warm-up"}).start_doc))
+        if wait_for(lambda: dev.DocumentsReceived > 0, timeout=0.2):
+            return
+    raise AssertionError("no document crossed the proxy")
+
+
+def test_kill_9_mid_scan_resumes_the_run_and_counts_the_loss(
+    tango_servers: ServerFactory,
+    zmq_proxy: ProxyProcess,
+    publisher: Any,
+    small_dataset: Any,
+    tmp_path: Path,
+) -> None:
+    checkpoints = tmp_path / "checkpoints"
+    extra = [
+        *("--checkpoint-dir", str(checkpoints), "--checkpoint-period", "0.3"),
+        *("--final-passes", "5", "--publish-period", "0.2", "--start"),
+    ]
+    server = tango_servers.start(zmq=zmq_proxy.out_address, extra=extra)
+    dev = server.proxy()
+    assert wait_for(lambda: dev.state() == DevState.STANDBY, timeout=30), dev.status()
+    assert dev.FeedConnected and dev.RecoveredPatterns == 0 and dev.FramesLost == 0
+    warm_up(publisher, dev)
+
+    head, events, stop = recorded_scan(small_dataset)
+    n = len(events)
+    first = 40  # published before and while the server is killed
+    down = 12  # published while it is down
+    for name, doc in head:
+        publisher(name, doc)
+
+    # the first part of the scan streams at a fixed rate; the kill lands while it does
+    sent_before_kill = threading.Event()
+
+    def stream_first() -> None:
+        for k, event in enumerate(events[:first]):
+            publisher("event", event)
+            if k == 30:
+                sent_before_kill.set()
+            time.sleep(1 / RATE_HZ)
+
+    streamer = threading.Thread(target=stream_first, daemon=True)
+    streamer.start()
+
+    def checkpointed() -> int:
+        found = read_checkpoints(checkpoints)[0]
+        return len(found[0].patterns) if found and found[0].object is not None else 0
+
+    assert sent_before_kill.wait(WAIT)
+    assert wait_for(lambda: checkpointed() >= 20, timeout=60), dev.status()
+    assert dev.state() == DevState.RUNNING and dev.FramesLost == 0
+    os.kill(server.pid, signal.SIGKILL)
+    server.proc.wait(30)
+    assert server.proc.returncode == -signal.SIGKILL
+    streamer.join(WAIT)
+    for event in events[first : first + down]:  # nobody listens: these are lost
+        publisher("event", event)
+        time.sleep(1 / RATE_HZ)
+    on_disk = checkpointed()
+    assert on_disk >= 20
+
+    # restart with the same property file (and so the same CheckpointDirectory)
+    again = tango_servers.start(
+        zmq=zmq_proxy.out_address,
+        db_file=server.db_file,
+        output_dir=server.output_dir,
+        instance=server.instance,
+        extra=extra,
+    )
+    dev = again.proxy()
+    assert wait_for(lambda: dev.state() in (DevState.RUNNING, DevState.STANDBY), timeout=30)
+    recovered = dev.RecoveredPatterns
+    assert recovered == on_disk, (recovered, on_disk, dev.status())
+    status = dev.status()
+    assert "RECOVERED" in status and f"{recovered} pattern(s) restored" in status, status
+    assert dev.ScanUid in ("", head[0][1]["uid"])
+    warm_up(publisher, dev)
+
+    for event in events[first + down :]:
+        publisher("event", event)
+        time.sleep(1 / RATE_HZ)
+    publisher("stop", stop)
+
+    assert wait_for(lambda: dev.RunPhase == "finished", timeout=WAIT), dev.status()
+    # every event after the restart arrived; the ones never used are those sent after the
+    # last checkpointed pattern and before the restart (in flight at the kill, or sent while
+    # the server was down)
+    real_lost = n - recovered - (n - first - down)
+    status = dev.status()
+    print(
+        f"kill -9 after {first} frames sent, {down} more while down: {recovered} recovered, "
+        f"{dev.FramesLost} reported lost (real {real_lost}), {dev.PatternsInUse} in use of {n}"
+    )
+    assert dev.FramesLost == real_lost >= down, status
+    assert dev.PatternsInUse == n - real_lost, status
+    assert "LOSS" in status and f"{real_lost} event(s)" in status, status
+    assert dev.ScanUid == head[0][1]["uid"]
+    # the run ends saved, and its checkpoint goes
+    uid8 = head[0][1]["uid"][:8]
+    assert wait_for(
+        lambda: any(p.name.endswith(f"{uid8}.h5") for p in server.output_dir.glob("ptycho-*.h5")),
+        timeout=60,
+    ), sorted(server.output_dir.iterdir())
+    assert wait_for(lambda: read_checkpoints(checkpoints) == ([], []), timeout=30)
+    tango_servers.stop(again)
