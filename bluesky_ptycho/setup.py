@@ -17,13 +17,77 @@ import numpy as np
 from bluesky_ptycho.geometry import Geometry, ObjectFrame
 from bluesky_ptycho.preprocess import PreprocessConfig, is_power_of_two
 from bluesky_ptycho.probes import PROBE_INIT_KINDS, ProbeInit, curvature_from_defocus
+from bluesky_ptycho.validation import (
+    check_extent,
+    check_non_negative_int,
+    check_pair,
+    check_positions,
+    check_positive_int,
+    check_positive_scalar,
+)
 
-__all__ = ["START_KEY", "ScanSetup"]
+__all__ = ["START_KEY", "Limits", "ScanSetup"]
 
 START_KEY = "ptycho"
 """The start-document key under which plans put the contract."""
 
 _ORIENTATION_KEYS = ("transpose", "flip_rows", "flip_cols")
+
+#: A nominal scan of two or more positions spanning fewer object pixels than this on both axes
+#: puts every frame on one spot: a step or a position scale in the wrong unit.
+MIN_SCAN_SPAN_PX = 2.0
+
+#: Readback units a position scale may stand for, largest first: (metres per unit, name).
+_UNITS: tuple[tuple[float, str], ...] = (
+    (1.0, "metres"),
+    (1e-3, "millimetres"),
+    (1e-6, "micrometres"),
+    (1e-9, "nanometres"),
+)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource bounds checked before anything large is allocated for a scan.
+
+    The defaults let the study's scans through (crops up to 1024 px, objects of a few thousand
+    pixels on a side, tens of thousands of frames) and refuse what a mistake or a hostile start
+    document asks for. Raise them for a larger scan: ``ScanSetup.from_start_doc(doc,
+    limits=Limits(max_crop=2048))``.
+
+    Attributes
+    ----------
+    max_crop : int
+        Largest ``crop`` (frame side before binning, px). The probe, every staged frame and
+        every FFT are ``crop x crop``.
+    max_object_pixels : int
+        Largest object frame, rows x cols (object pixels), including the probe and the margin.
+        The default, 2**25 (5,792 px square, 268 MB as complex64), fits a scan of a few thousand
+        pixels on a side.
+    max_frames : int
+        Most frames one run may expect or hold (``num_points``, nominal positions). For the
+        callback: a run that delivers more is refused beyond this count.
+    max_document_bytes : int
+        Largest serialised document a transport accepts (the same default as
+        ``DocumentFeed(max_document_bytes=...)``); for the transport, not checked by
+        :class:`ScanSetup`.
+    """
+
+    max_crop: int = 1024
+    max_object_pixels: int = 2**25
+    max_frames: int = 65_536
+    max_document_bytes: int = 256 * 2**20
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            check_positive_int(f"Limits.{f.name}", getattr(self, f.name))
+
+
+def _unit_name(scale: float) -> str:
+    for factor, name in _UNITS:
+        if math.isclose(scale, factor, rel_tol=1e-9):
+            return name
+    return f"units of {scale:g} m"
 
 
 @dataclass(frozen=True, eq=False)
@@ -89,16 +153,21 @@ class ScanSetup:
     probe_init: Any = None
     margin_px: int = 8
     extra: dict[str, Any] = field(default_factory=dict)
+    limits: Limits = field(default_factory=Limits)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.limits, Limits):
+            raise ValueError(f"ScanSetup.limits must be a Limits, got {self.limits!r}")
         for name in ("energy_eV", "detector_distance_m", "detector_pixel_m", "position_scale_m"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"ScanSetup.{name} must be a number, got {value!r}")
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"ScanSetup.{name} must be positive and finite, got {value!r}")
+            check_positive_scalar(f"ScanSetup.{name}", getattr(self, name))
         if isinstance(self.crop, bool) or not isinstance(self.crop, (int, np.integer)):
             raise ValueError(f"ScanSetup.crop must be an integer, got {self.crop!r}")
+        if self.crop > self.limits.max_crop:
+            raise ValueError(
+                f"ScanSetup.crop {self.crop} exceeds Limits.max_crop {self.limits.max_crop}: "
+                f"every frame, the probe and each FFT would be {self.crop} x {self.crop} px "
+                f"(give a larger Limits(max_crop=...) if this is intended)"
+            )
         if not is_power_of_two(self.crop):
             raise ValueError(f"ScanSetup.crop must be a power of two, got {self.crop}")
         if not is_power_of_two(self.binning) or self.crop % self.binning:
@@ -117,30 +186,99 @@ class ScanSetup:
             )
         object.__setattr__(self, "position_keys", keys)
         if self.beam_center_px is not None:
-            bc = tuple(float(v) for v in self.beam_center_px)
-            if len(bc) != 2 or not all(math.isfinite(v) for v in bc):
-                raise ValueError(f"ScanSetup.beam_center_px must be (row, col), got {bc!r}")
+            bc: tuple[float, float] = check_pair("ScanSetup.beam_center_px", self.beam_center_px)
             object.__setattr__(self, "beam_center_px", bc)
+        max_frames = self.limits.max_frames
         if self.nominal_positions_m is not None:
-            pos = np.asarray(self.nominal_positions_m, dtype=np.float64)
-            if pos.ndim != 2 or pos.shape[1] != 2 or pos.shape[0] == 0:
+            count = (
+                len(self.nominal_positions_m) if hasattr(self.nominal_positions_m, "__len__") else 0
+            )
+            if count > max_frames:  # refused before converting a huge list
                 raise ValueError(
-                    f"ScanSetup.nominal_positions_m must have shape (n, 2), got {pos.shape}"
+                    f"ScanSetup.nominal_positions_m has {count} positions, more than "
+                    f"Limits.max_frames {max_frames}"
                 )
-            if not np.all(np.isfinite(pos)):
-                raise ValueError("ScanSetup.nominal_positions_m contains NaN or inf")
+            pos = check_positions("ScanSetup.nominal_positions_m", self.nominal_positions_m)
+            if pos.shape[0] == 0:
+                raise ValueError(
+                    "ScanSetup.nominal_positions_m must have shape (n, 2) with n >= 1, "
+                    f"got shape {pos.shape}"
+                )
             object.__setattr__(self, "nominal_positions_m", pos)
         if self.extent_m is not None:
-            ext = np.asarray(self.extent_m, dtype=np.float64)
-            if ext.shape != (2, 2) or not np.all(np.isfinite(ext)):
-                raise ValueError(
-                    f"ScanSetup.extent_m must be ((r0, r1), (c0, c1)), got {self.extent_m!r}"
-                )
+            ext = check_extent("ScanSetup.extent_m", self.extent_m)
             object.__setattr__(self, "extent_m", ((ext[0, 0], ext[0, 1]), (ext[1, 0], ext[1, 1])))
-        if self.num_points is not None and int(self.num_points) <= 0:
-            raise ValueError(f"ScanSetup.num_points must be positive, got {self.num_points}")
-        if self.margin_px < 0:
-            raise ValueError(f"ScanSetup.margin_px must be >= 0, got {self.margin_px}")
+        if self.num_points is not None:
+            num = check_positive_int("ScanSetup.num_points", self.num_points)
+            if num > max_frames:
+                raise ValueError(
+                    f"ScanSetup.num_points {num} exceeds Limits.max_frames {max_frames}"
+                )
+        check_non_negative_int("ScanSetup.margin_px", self.margin_px)
+        if self.has_nominal_scan:
+            self._check_scan_size()
+
+    def _nominal_span(self) -> tuple[np.ndarray, int | None]:
+        """The nominal scan's span ``(rows, cols)`` in metres and its number of positions."""
+        if self.nominal_positions_m is not None:
+            pos = self.nominal_positions_m
+            return pos.max(axis=0) - pos.min(axis=0), int(pos.shape[0])
+        assert self.extent_m is not None
+        ext = np.asarray(self.extent_m, dtype=np.float64)
+        return np.abs(ext[:, 1] - ext[:, 0]), self.expected_points
+
+    def _object_size(self, span_px: np.ndarray) -> tuple[float, float]:
+        """Object rows and cols (as floats, never overflowing) for a scan span in pixels."""
+        extra = self.frame_size + 2 * int(self.margin_px)
+        return (math.ceil(span_px[0]) + extra, math.ceil(span_px[1]) + extra)
+
+    def _check_scan_size(self) -> None:
+        """Refuse a nominal scan whose object frame is absurdly large or that sits on one spot.
+
+        Only arithmetic on the span: nothing of the object's size is allocated.
+        """
+        pixel = np.asarray(self.geometry().pixel_size_m, dtype=np.float64)
+        span_m, count = self._nominal_span()
+        with np.errstate(over="ignore"):
+            span_px = span_m / pixel
+        if not np.all(np.isfinite(span_px)):
+            span_px = np.where(np.isfinite(span_px), span_px, 1e300)
+        rows, cols = self._object_size(span_px)
+        scale = float(self.position_scale_m)
+        limit = self.limits.max_object_pixels
+        span_text = f"{span_m[0]:.3g} x {span_m[1]:.3g} m"
+        if rows * cols > limit:
+            raise ValueError(
+                f"ScanSetup: the nominal scan spans {span_text}, an object frame of "
+                f"{rows:,.0f} x {cols:,.0f} px at {pixel[0] * 1e9:.3g} nm per pixel, more than "
+                f"Limits.max_object_pixels {limit:,}. Check position_scale_m={scale:g} (motors "
+                f"read in {_unit_name(scale)}){self._unit_hint(span_px, smaller=True)} "
+                f"If the scan really is this large, give a larger Limits(max_object_pixels=...)"
+            )
+        if count is not None and count >= 2 and float(span_px.max()) < MIN_SCAN_SPAN_PX:
+            raise ValueError(
+                f"ScanSetup: the {count} nominal positions span only {span_px[0]:.2g} x "
+                f"{span_px[1]:.2g} object pixels ({span_text}), less than "
+                f"{MIN_SCAN_SPAN_PX:g} px while one probe is {self.frame_size} px: every frame "
+                f"would sit on one spot. Check the unit: position_scale_m={scale:g} (motors read "
+                f"in {_unit_name(scale)}){self._unit_hint(span_px, smaller=False)} "
+                f"Check also that the plan's step and extent were given in motor units, not metres"
+            )
+
+    def _unit_hint(self, span_px: np.ndarray, *, smaller: bool) -> str:
+        """``": are they in micrometres (position_scale_m=1e-06 ...)?"``, or ``"."`` if none fits."""
+        scale = float(self.position_scale_m)
+        candidates = [f for f, _ in _UNITS if (f < scale * 0.5 if smaller else f > scale * 2)]
+        candidates.sort(key=lambda f: abs(math.log10(f / scale)))
+        for factor in candidates:
+            px = span_px * (factor / scale)
+            rows, cols = self._object_size(px)
+            if rows * cols <= self.limits.max_object_pixels and px.max() >= MIN_SCAN_SPAN_PX:
+                return (
+                    f": are they in {_unit_name(factor)} (position_scale_m={factor:g} gives "
+                    f"{rows:,.0f} x {cols:,.0f} px)?"
+                )
+        return "."
 
     # ------------------------------------------------------------------ derived
     @property
@@ -274,8 +412,28 @@ class ScanSetup:
         return doc
 
     @classmethod
-    def from_start_doc(cls, ptycho: Mapping[str, Any], **overrides: Any) -> ScanSetup:
-        """Read the ``start["ptycho"]`` dict; ``ValueError`` names a missing or bad key."""
+    def from_start_doc(
+        cls, ptycho: Mapping[str, Any], *, limits: Limits | None = None, **overrides: Any
+    ) -> ScanSetup:
+        """Read the ``start["ptycho"]`` dict; ``ValueError`` names a missing or bad key.
+
+        Parameters
+        ----------
+        ptycho : mapping
+            ``start["ptycho"]``.
+        limits : Limits, optional
+            Resource bounds (default ``Limits()``): a crop, a number of frames or an object
+            frame beyond them is refused before anything is allocated. A start document
+            cannot set its own limits (a ``limits`` key in it is kept in ``extra``, unused).
+        **overrides
+            Field values that replace the document's.
+
+        Raises
+        ------
+        ValueError
+            A missing or malformed key, or a scan beyond ``limits`` (the message names the
+            field, and for an absurd scan size ``position_scale_m`` and the likely unit).
+        """
         if not isinstance(ptycho, Mapping):
             raise ValueError(f'start["{START_KEY}"] must be a dict, got {type(ptycho).__name__}')
         missing = [
@@ -294,7 +452,7 @@ class ScanSetup:
         unknown = set(orientation) - set(_ORIENTATION_KEYS)
         if unknown:
             raise ValueError(f"unknown orientation key(s) {sorted(unknown)}")
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls)} - {"limits"}
         kwargs: dict[str, Any] = {
             "energy_eV": ptycho.get("energy_eV"),
             "detector_distance_m": ptycho.get("detector_distance_m"),
@@ -317,6 +475,7 @@ class ScanSetup:
         for k in _ORIENTATION_KEYS:
             kwargs[k] = orientation.get(k, False)
         kwargs.update(overrides)
+        kwargs["limits"] = Limits() if limits is None else limits
         extra = {
             k: v for k, v in ptycho.items() if k not in known and k not in ("orientation", "scan")
         }
@@ -335,7 +494,7 @@ class ScanSetup:
                 text = f"<{value.shape[0]} positions>"
             elif f.name == "mask" and value is not None:
                 text = f"<{len(value)} pixels>"
-            elif f.name == "extra" and not value:
+            elif (f.name == "extra" and not value) or (f.name == "limits" and value == Limits()):
                 continue
             else:
                 text = repr(value)

@@ -415,10 +415,14 @@ def _scan_setup(
     positions: NDArray[np.float64],
     position_keys: tuple[str, str],
 ) -> ScanSetup:
-    """The given setup with the scan filled in; ``positions`` in motor units."""
+    """The given setup with the scan filled in; ``positions`` in motor units.
+
+    The positions go in only once scaled to metres: the setup's checks of the scan size
+    (:class:`~bluesky_ptycho.setup.Limits`) read them as metres.
+    """
     filled: dict[str, Any] = {
         "pattern": pattern,
-        "nominal_positions_m": positions,
+        "nominal_positions_m": None,
         "extent_m": None,
         "num_points": int(positions.shape[0]),
         "position_keys": position_keys,

@@ -436,7 +436,7 @@ def test_setup_as_scansetup_is_completed_by_the_plan(
         detector_key="det",
         position_keys=("enc_y", "enc_x"),
         position_scale_m=1e-3,
-        extent_m=((0.0, 1.0), (0.0, 1.0)),
+        extent_m=((0.0, 1e-5), (0.0, 1e-5)),
         num_points=1000,
         pattern="nonsense",
     )
@@ -568,7 +568,7 @@ BAD: list[tuple[dict[str, Any], str]] = [
         "detector_distance_m",
     ),
     ({"pattern": "raster", "n_side": 3, "setup": _setup(position_scale_m=0)}, "position_scale"),
-    ({"pattern": "raster", "n_side": 3, "setup": _setup(beam_center_px=5)}, "setup"),
+    ({"pattern": "raster", "n_side": 3, "setup": _setup(beam_center_px=5)}, "beam_center_px"),
     ({"pattern": "raster", "n_side": 3, "md": {"ptycho": {"crop": 3}}}, "crop"),
     ({"pattern": "raster", "n_side": 3, "md": {"ptycho": "x"}}, "ptycho"),
     ({"pattern": "raster", "n_side": 3, "md": ["x"]}, "md"),
