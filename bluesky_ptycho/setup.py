@@ -266,7 +266,7 @@ class ScanSetup:
             )
 
     def _unit_hint(self, span_px: np.ndarray, *, smaller: bool) -> str:
-        """``": are they in micrometres (position_scale_m=1e-06 ...)?"``, or ``"."`` if none fits."""
+        """``": are they in micrometres (...)?"``, or ``"."`` if no other unit fits."""
         scale = float(self.position_scale_m)
         candidates = [f for f, _ in _UNITS if (f < scale * 0.5 if smaller else f > scale * 2)]
         candidates.sort(key=lambda f: abs(math.log10(f / scale)))
