@@ -140,6 +140,7 @@ class _Run:
     frames_processed: int = 0
     rejected: int = 0
     recovered: int = 0
+    duplicates: int = 0
     last_activity: float = field(default_factory=time.monotonic)
     stopped: bool = False
     missing_stop: bool = False
@@ -382,6 +383,8 @@ class PtychoCallback(event_model.DocumentRouter):
             message += f"; {run.rejected} rejected, most for: {worst.message}"
         if run.lost:
             message += f"; {run.lost} event(s) lost"
+        if run.duplicates:
+            message += f"; {run.duplicates} duplicate document(s) not used"
         if not run.key_seen and run.key_reported:
             message += f"; {run.key_note()}"
         if run.message:
@@ -534,6 +537,7 @@ class PtychoCallback(event_model.DocumentRouter):
     def _duplicate(self, name: str, doc: Mapping[str, Any], run: _Run | None) -> None:
         self._duplicates += 1
         if run is not None:
+            run.duplicates += 1
             run.last_activity = time.monotonic()
         logger.debug(
             "%s received again: not used (%d duplicates)", _where(name, doc), self._duplicates
@@ -547,7 +551,7 @@ class PtychoCallback(event_model.DocumentRouter):
                 "START_WITHOUT_UID", "start document without a uid: ignored, no open run affected"
             )
         if uid in self._open or uid in self._finished or uid in self._ignored:
-            self._duplicate("start", doc, self._open.get(uid))
+            self._duplicate("start", doc, self._open.get(uid) or self._finished.get(uid))
             return
         try:
             self._open_run(doc)
