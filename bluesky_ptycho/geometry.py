@@ -19,19 +19,27 @@ column 1 the column-axis encoder. A physical position is the beam centre on the 
 mapping to pixels is linear with no sign flip; orientation flips belong to the detector
 preprocessing.
 
-This module imports only NumPy and the standard library.
+This module imports only NumPy, the standard library and :mod:`bluesky_ptycho.validation`.
 """
 
 from __future__ import annotations
 
-import math
-import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+
+from bluesky_ptycho.validation import (
+    check_extent,
+    check_finite_scalar,
+    check_non_negative_int,
+    check_pair,
+    check_positions,
+    check_positive_int,
+    check_positive_scalar,
+)
 
 __all__ = [
     "HC_EV_M",
@@ -53,67 +61,28 @@ _EXTENT_ROUNDING_TOL_PX = 1e-6
 # --------------------------------------------------------------------------------------------
 
 
-def _positive_float(name: str, value: Any) -> float:
-    """Return ``value`` as a positive finite float or raise ``ValueError`` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    out = float(value)
-    if not math.isfinite(out) or out <= 0.0:
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return out
-
-
-def _finite_float(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    out = float(value)
-    if not math.isfinite(out):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return out
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _non_negative_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-    return int(value)
+_positive_float = check_positive_scalar
+_finite_float = check_finite_scalar
+_positive_int = check_positive_int
+_non_negative_int = check_non_negative_int
 
 
 def _pair(name: str, value: Any, convert: Any) -> tuple[Any, Any]:
     """Normalise a scalar or a length-2 sequence into a 2-tuple, converting each element."""
-    if isinstance(value, np.ndarray) and value.ndim == 0:
-        value = value.item()
-    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
-        return (convert(name, value), convert(name, value))
-    items = list(value)
-    if len(items) != 2:
-        raise ValueError(f"{name} must be a scalar or a pair (rows, cols), got {value!r}")
-    return (convert(f"{name}[0]", items[0]), convert(f"{name}[1]", items[1]))
+    return check_pair(name, value, convert, what="(rows, cols)", scalar_ok=True)
 
 
 def _strict_pair(name: str, value: Any, convert: Any) -> tuple[Any, Any]:
     """Like :func:`_pair` but a length-2 sequence is required."""
-    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
-        raise ValueError(f"{name} must be a pair (rows, cols), got {value!r}")
-    return _pair(name, value, convert)
+    return check_pair(name, value, convert, what="(rows, cols)")
 
 
 def _positions_array(name: str, positions: ArrayLike) -> NDArray[np.float64]:
     """Validate positions as a finite float64 array of shape ``(..., 2)``."""
-    try:
-        arr = np.asarray(positions, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be numeric with shape (n, 2): {exc}") from exc
+    arr = np.asarray(positions)
     if arr.ndim == 0 or arr.shape[-1] != 2:
-        raise ValueError(f"{name} must have shape (n, 2) (row, col), got shape {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} contains non-finite values")
-    return arr
+        return check_positions(name, arr)  # raises, naming the shape
+    return check_positions(name, arr.reshape(-1, 2)).reshape(arr.shape)
 
 
 def _require(data: Mapping[str, Any], key: str, owner: str) -> Any:
@@ -437,14 +406,7 @@ class Geometry:
         -------
         ObjectFrame
         """
-        try:
-            ext = np.asarray(extent_m, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"extent_m must be ((r0, r1), (c0, c1)): {exc}") from exc
-        if ext.shape != (2, 2):
-            raise ValueError(f"extent_m must be ((r0, r1), (c0, c1)), got shape {ext.shape}")
-        if not np.all(np.isfinite(ext)):
-            raise ValueError("extent_m contains non-finite values")
+        ext = check_extent("extent_m", extent_m)
         return self._frame(ext.min(axis=1), ext.max(axis=1), margin_px)
 
     def _frame(

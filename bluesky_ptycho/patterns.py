@@ -25,19 +25,28 @@ The *linear* overlap of two circular probe footprints of diameter ``D`` whose ce
 step ``s`` apart is ``o = 1 - s / D`` (``o = 0``: the discs touch, ``o -> 1``: they coincide),
 see :func:`step_for_overlap` and :func:`overlap_for_step`.
 
-This module imports only NumPy and the standard library.
+This module imports only NumPy, the standard library and :mod:`bluesky_ptycho.validation`.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
-import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+
+from bluesky_ptycho.validation import (
+    check_extent,
+    check_finite_scalar,
+    check_non_negative_int,
+    check_pair,
+    check_positions,
+    check_positive_int,
+    check_positive_scalar,
+)
 
 __all__ = [
     "GOLDEN_ANGLE",
@@ -71,54 +80,18 @@ _SPIRANGLE_MOVES = ((0, 1), (1, 0), (0, -1), (-1, 0))
 # --------------------------------------------------------------------------------------------
 
 
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _positive_float(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    out = float(value)
-    if not math.isfinite(out) or out <= 0.0:
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return out
-
-
-def _finite_float(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    out = float(value)
-    if not math.isfinite(out):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return out
-
-
-def _is_pair_like(value: Any) -> bool:
-    return isinstance(value, (Sequence, np.ndarray)) and not isinstance(value, (str, bytes))
+_positive_int = check_positive_int
+_positive_float = check_positive_scalar
+_finite_float = check_finite_scalar
 
 
 def _step_pair(step_m: Any) -> tuple[float, float]:
     """A scalar step or a ``(row, col)`` pair of steps, each positive and finite."""
-    if isinstance(step_m, np.ndarray) and step_m.ndim == 0:
-        step_m = step_m.item()
-    if _is_pair_like(step_m):
-        items = list(step_m)
-        if len(items) != 2:
-            raise ValueError(f"step_m must be a number or a pair (row, col), got {step_m!r}")
-        return (_positive_float("step_m[0]", items[0]), _positive_float("step_m[1]", items[1]))
-    step = _positive_float("step_m", step_m)
-    return (step, step)
+    return check_pair("step_m", step_m, check_positive_scalar, scalar_ok=True)
 
 
 def _center_array(center: Any) -> NDArray[np.float64]:
-    if not _is_pair_like(center) or len(center) != 2:
-        raise ValueError(f"center must be a pair (y, x) in metres, got {center!r}")
-    return np.array(
-        [_finite_float("center[0]", center[0]), _finite_float("center[1]", center[1])],
-        dtype=np.float64,
-    )
+    return np.array(check_pair("center", center, what="(y, x) in metres"), dtype=np.float64)
 
 
 def _centred_grid_coords(n: int, step: float) -> NDArray[np.float64]:
@@ -127,15 +100,7 @@ def _centred_grid_coords(n: int, step: float) -> NDArray[np.float64]:
 
 
 def _extent_array(extent_m: ArrayLike) -> NDArray[np.float64]:
-    try:
-        ext = np.asarray(extent_m, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"extent_m must be ((r0, r1), (c0, c1)): {exc}") from exc
-    if ext.shape != (2, 2):
-        raise ValueError(f"extent_m must be ((r0, r1), (c0, c1)), got shape {ext.shape}")
-    if not np.all(np.isfinite(ext)):
-        raise ValueError("extent_m contains non-finite values")
-    return np.sort(ext, axis=1)
+    return np.sort(check_extent("extent_m", extent_m), axis=1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -235,11 +200,8 @@ def random_order(positions: ArrayLike, *, seed: int = 0) -> NDArray[np.float64]:
     ndarray of float64, shape (n, 2)
         ``positions[default_rng(seed).permutation(n)]`` (a new array).
     """
-    pos = np.asarray(positions, dtype=np.float64)
-    if pos.ndim != 2 or pos.shape[1] != 2:
-        raise ValueError(f"positions must have shape (n, 2), got shape {pos.shape}")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
+    pos = check_positions("positions", positions)
+    check_non_negative_int("seed", seed)
     order = np.random.default_rng(int(seed)).permutation(pos.shape[0])
     return pos[order]
 

@@ -20,7 +20,6 @@ absolute positions, move to absolute positions, and return the motors to where t
 from __future__ import annotations
 
 import inspect
-import math
 import numbers
 from collections import defaultdict
 from collections.abc import Callable, Generator, Mapping, Sequence
@@ -36,6 +35,13 @@ from numpy.typing import NDArray
 
 from bluesky_ptycho import patterns
 from bluesky_ptycho.setup import START_KEY, ScanSetup
+from bluesky_ptycho.validation import (
+    check_finite_scalar,
+    check_non_negative_int,
+    check_pair,
+    check_positive_int,
+    check_positive_scalar,
+)
 
 __all__ = [
     "fermat_spiral_ptycho",
@@ -137,35 +143,13 @@ class _Pattern:
         return out
 
 
-def _count(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _finite(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    out = float(value)
-    if not math.isfinite(out):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return out
-
-
-def _positive(name: str, value: Any) -> float:
-    out = _finite(name, value)
-    if out <= 0.0:
-        raise ValueError(f"{name} must be positive, got {value!r}")
-    return out
+_count = check_positive_int
+_finite = check_finite_scalar
+_positive = check_positive_scalar
 
 
 def _pair(name: str, value: Any) -> tuple[float, float]:
-    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
-        raise ValueError(f"{name} must be a pair (y, x), got {value!r}")
-    items = list(value)
-    if len(items) != 2:
-        raise ValueError(f"{name} must be a pair (y, x), got {value!r}")
-    return (_finite(f"{name}[0]", items[0]), _finite(f"{name}[1]", items[1]))
+    return check_pair(name, value, what="(y, x)")
 
 
 def _step(pattern: str, step: Any) -> float | tuple[float, float]:
@@ -175,8 +159,7 @@ def _step(pattern: str, step: Any) -> float | tuple[float, float]:
                 f"step must be a single number for pattern {pattern!r}, got {step!r} "
                 f"(a (row, col) pair is accepted by {', '.join(_GRID_PATTERNS)})"
             )
-        row, col = _pair("step", step)
-        return (_positive("step[0]", row), _positive("step[1]", col))
+        return check_pair("step", step, check_positive_scalar, what="(y, x)")
     return _positive("step", step)
 
 
@@ -234,9 +217,7 @@ def _parse_pattern(
             raise ValueError(f"pattern {pattern!r} needs {need}; missing {', '.join(missing)}")
         seed_value = None
         if pattern == "random":
-            if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-                raise ValueError(f"seed must be an integer, got {seed!r}")
-            seed_value = int(seed)
+            seed_value = check_non_negative_int("seed", seed)
         return _Pattern(
             pattern,
             step_value,
