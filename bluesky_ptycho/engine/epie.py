@@ -292,6 +292,7 @@ class EPIE:
         self._momentum: dict[str, Any] | None = None
         self._since_momentum = 0
         self._excluded = np.zeros(0, dtype=bool)
+        self._last_error = float("nan")
 
     # ------------------------------------------------------------------ properties
     @property
@@ -348,6 +349,11 @@ class EPIE:
         if k < 2:
             return np.zeros(idx.size, dtype=bool)
         return idx % k == k // 2
+
+    @property
+    def last_error(self) -> float:
+        """Fourier error of the last chunk of updates (``step``/``update``); NaN if none."""
+        return self._last_error
 
     @property
     def excluded(self) -> np.ndarray:
@@ -410,7 +416,7 @@ class EPIE:
         self._lit_cache = None
         return new
 
-    def pattern_residuals(self, indices: Any) -> tuple[np.ndarray, np.ndarray]:
+    def pattern_residuals(self, indices: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """How far the current model is from each given pattern (one FFT per pattern).
 
         Parameters
@@ -424,14 +430,17 @@ class EPIE:
             ``sum((|F(P O_j)| - sqrt(I_j))**2)`` over the good pixels of each pattern.
         counts : ndarray of float64
             ``sum(I_j)`` over the good pixels (the per-pattern Fourier error is their ratio).
+        model : ndarray of float64
+            ``sum(|F(P O_j)|**2)`` over the same pixels: the counts the model predicts.
         """
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         n = self.n_patterns
         if idx.size and (idx.min() < 0 or idx.max() >= n):
             raise ValueError(f"pattern indices must be in [0, {n}), got {idx.tolist()[:10]}")
         res = np.zeros(idx.size, dtype=np.float64)
+        power = np.zeros(idx.size, dtype=np.float64)
         if idx.size == 0 or self._store is None or self._probe is None:
-            return res, np.zeros(idx.size, dtype=np.float64)
+            return res, np.zeros(idx.size, dtype=np.float64), power
         assert self._probe_shape is not None
         n0, n1 = self._probe_shape
         xp = self._be.xp
@@ -440,9 +449,11 @@ class EPIE:
             spectrum = self._be.fft2(self._probe * self._object[r : r + n0, c : c + n1])
             model = to_numpy(xp.abs(spectrum)).astype(np.float64)
             amp = self._store.amplitude(j).astype(np.float64)
-            diff = np.where(amp >= 0, model - amp, 0.0)
+            good = amp >= 0
+            diff = np.where(good, model - amp, 0.0)
             res[k] = float(np.sum(diff * diff))
-        return res, self._store.sums[idx].astype(np.float64)
+            power[k] = float(np.sum(np.where(good, model * model, 0.0)))
+        return res, self._store.sums[idx].astype(np.float64), power
 
     @property
     def nbytes_per_pattern(self) -> float:
@@ -676,6 +687,7 @@ class EPIE:
         self._pattern_updates += int(indices.size)
         self._store.count_updates(indices)
         self._constrain()
+        self._last_error = num / den if den > 0 else float("nan")
         if den > 0:
             self._record(num / den)
         return num, den
@@ -1010,6 +1022,7 @@ class EPIE:
         self._pass_order = np.zeros(0, dtype=np.int64)
         self._pass_next = 0
         self._kernel = None
+        self._last_error = float("nan")
 
     def set_probe(self, probe: Any) -> None:
         """Replace the probe (same shape), e.g. with a probe imported from another run."""

@@ -42,12 +42,15 @@ class GuardPolicy:
         Diverged when the object amplitude exceeds this factor times ``object_amplitude_max``
         (times 1 when there is no bound).
     culprit_factor : float
-        A pattern is blamed when the good model's residual for it exceeds this factor times
-        the median residual of the patterns held.
+        A pattern is blamed when its measured counts exceed the counts the good model predicts
+        for it by this factor times the median such ratio of the patterns examined.
     max_removals : int
         Patterns removed at most per run; a divergence after that is a fault again.
     reference_sample : int
-        Patterns (besides the candidates) whose residuals give the median.
+        Patterns (besides the candidates) that join the median when there are few candidates.
+    candidates : int
+        Patterns examined at most: all when there are no more, else those updated since the
+        good state plus the most recently added (one FFT each).
     """
 
     error_jump: float = 10.0
@@ -57,13 +60,14 @@ class GuardPolicy:
     culprit_factor: float = 10.0
     max_removals: int = 16
     reference_sample: int = 64
+    candidates: int = 4096
 
     def __post_init__(self) -> None:
         for name in ("error_jump", "error_ceiling", "amplitude_factor", "culprit_factor"):
             v = float(getattr(self, name))
             if not (math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be finite and positive, got {v!r}")
-        for name in ("history", "reference_sample"):
+        for name in ("history", "reference_sample", "candidates"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if int(self.max_removals) < 0:
@@ -128,6 +132,7 @@ class DivergenceGuard:
         self._good: ReconstructionState | None = None
         self._levels: deque[float] = deque(maxlen=int(self.policy.history))
         self._passes_seen = 0
+        self._updates_seen = -1
 
     @property
     def good(self) -> ReconstructionState | None:
@@ -155,19 +160,23 @@ class DivergenceGuard:
         state: ReconstructionState,
         err: float = math.nan,
         amplitude_max: float | None = None,
+        chunk_error: float = math.nan,
     ) -> str | None:
         """What is diverged in ``state``, or None.
 
-        NaN/inf (:func:`divergence`); a Fourier error (``err``, or the last pass's when a pass
-        ended since the previous check) above ``error_ceiling`` and ``error_jump`` times the
-        recent level; an object amplitude above ``amplitude_factor * amplitude_max``. The
-        error of a good state joins the recent level.
+        NaN/inf (:func:`divergence`); a Fourier error (``err``, else ``chunk_error``, the
+        engine's error of the chunk just run, else the last pass's when a pass ended since the
+        previous check) above ``error_ceiling`` and ``error_jump`` times the recent level; an
+        object amplitude above ``amplitude_factor * amplitude_max``. The error of a good state
+        joins the recent level.
         """
         problem = divergence(state, err)
         if problem is not None:
             return problem
         pol = self.policy
-        e = err if math.isfinite(err) else math.nan
+        moved = int(state.pattern_updates) != self._updates_seen
+        self._updates_seen = int(state.pattern_updates)
+        e = err if math.isfinite(err) else (chunk_error if moved else math.nan)
         passes = int(state.fourier_error.size)
         if not math.isfinite(e) and passes > self._passes_seen:
             e = float(state.fourier_error[-1])
@@ -216,6 +225,7 @@ class DivergenceGuard:
             reason = f"divergence: {problem}; no good state to roll back to"
         state = engine.state()
         self._passes_seen = int(state.fourier_error.size)
+        self._updates_seen = int(state.pattern_updates)
         return state, reason
 
     def find_culprits(
@@ -223,11 +233,15 @@ class DivergenceGuard:
     ) -> list[tuple[int, str]]:
         """The patterns to blame for a divergence, with the reason for each.
 
-        Call after :meth:`roll_back` (the engine holds the good state). The candidates are the
-        patterns updated or added since the good state; each is blamed whose residual under the
-        good model (:meth:`~bluesky_ptycho.engine.EPIE.pattern_residuals`) exceeds
-        ``culprit_factor`` times the median residual of the candidates and of a sample of the
-        other patterns held.
+        Call after :meth:`roll_back` (the engine holds the good state). A poisoned frame (a
+        frame scaled by 1000, flag values that were not masked) holds far more counts than
+        the model can explain, and through the probe-power constraint it spoils the updates of
+        every pattern, visited or not. So the patterns examined are all those held (up to
+        ``candidates``: then the ones updated since the good state and the most recently
+        added), and a pattern is blamed when the ratio of its measured counts to the counts
+        the good model predicts for it
+        (:meth:`~bluesky_ptycho.engine.EPIE.pattern_residuals`) exceeds ``culprit_factor``
+        times the median ratio.
 
         Parameters
         ----------
@@ -246,42 +260,44 @@ class DivergenceGuard:
         good = self._good
         if good is None or not hasattr(engine, "pattern_residuals"):
             return []
+        pol = self.policy
         n = int(engine.n_patterns)
         excluded = np.asarray(engine.excluded, dtype=bool)
-        before = np.zeros(n, dtype=np.int64)
-        k = min(n, good.updates_per_pattern.size)
-        before[:k] = good.updates_per_pattern[:k]
-        after = np.zeros(n, dtype=np.int64)
-        k = min(n, diverged.updates_per_pattern.size)
-        after[:k] = diverged.updates_per_pattern[:k]
-        new = np.arange(n) >= good.positions_px.shape[0]
-        candidates = np.flatnonzero(((after > before) | new) & ~excluded)
+        usable = np.flatnonzero(~excluded)
+        if usable.size <= int(pol.candidates):
+            candidates = usable
+        else:
+            before = np.zeros(n, dtype=np.int64)
+            k = min(n, good.updates_per_pattern.size)
+            before[:k] = good.updates_per_pattern[:k]
+            after = np.zeros(n, dtype=np.int64)
+            k = min(n, diverged.updates_per_pattern.size)
+            after[:k] = diverged.updates_per_pattern[:k]
+            visited = np.flatnonzero((after > before) & ~excluded)
+            recent = usable[-int(pol.candidates) :]
+            candidates = np.union1d(visited, recent)
         if candidates.size == 0:
             return []
-        others = np.flatnonzero(~excluded)
-        others = others[~np.isin(others, candidates)]
-        rng = np.random.default_rng(seed)
-        take = min(others.size, int(self.policy.reference_sample))
-        sample = rng.choice(others, size=take, replace=False) if take else others[:0]
-        residuals, counts = engine.pattern_residuals(np.concatenate([candidates, sample]))
-        median = float(np.median(residuals))
-        if not median > 0:
+        sample = candidates[:0]
+        if candidates.size < int(pol.reference_sample):
+            others = usable[~np.isin(usable, candidates)]
+            take = min(others.size, int(pol.reference_sample))
+            if take:
+                sample = np.random.default_rng(seed).choice(others, size=take, replace=False)
+        _, counts, model = engine.pattern_residuals(np.concatenate([candidates, sample]))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(model > 0, counts / model, np.where(counts > 0, np.inf, 1.0))
+        median = float(np.median(ratio))
+        if not (math.isfinite(median) and median > 0):
             return []
-        scores = residuals[: candidates.size] / median
+        scores = ratio[: candidates.size] / median
         out: list[tuple[int, str]] = []
-        for j, score, res, cnt in zip(
-            candidates.tolist(),
-            scores.tolist(),
-            residuals.tolist(),
-            counts.tolist(),
-            strict=False,
-        ):
-            if score > self.policy.culprit_factor:
-                out.append(
-                    (
-                        int(j),
-                        f"pattern {j}: the good model misses its data {score:.3g} times more "
-                        f"than the median pattern's (residual {res:.3g}, counts {cnt:.3g})",
-                    )
+        for j in np.flatnonzero(scores > pol.culprit_factor).tolist():
+            out.append(
+                (
+                    int(candidates[j]),
+                    f"pattern {int(candidates[j])}: {counts[j]:.3g} counts where the good model "
+                    f"predicts {model[j]:.3g}, {scores[j]:.3g} times the usual ratio",
                 )
+            )
         return out

@@ -677,7 +677,12 @@ class LiveReconstruction:
         Returns True if the state is good.
         """
         st = self._engine.state(validation=False)  # validated when published
-        problem = self._guard.check(st, err, self._engine.options.object_amplitude_max)
+        problem = self._guard.check(
+            st,
+            err,
+            self._engine.options.object_amplitude_max,
+            math.nan if loaded else self._engine.last_error,
+        )
         if problem is not None:
             return self._roll_back(problem, st)
         self._pacer.sync(st.updates_per_pattern)
