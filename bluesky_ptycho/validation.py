@@ -51,7 +51,15 @@ def _listed(indices: NDArray[np.intp]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def _item(value: Any) -> Any:
+    """A 0-d array as its scalar (an HDF5 scalar dataset reads as one); anything else as is."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        return value.item()
+    return value
+
+
 def _real(name: str, value: Any, what: str) -> float:
+    value = _item(value)
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise ValueError(f"{name} must be {what}, got {value!r}")
     out = float(value)
@@ -61,7 +69,7 @@ def _real(name: str, value: Any, what: str) -> float:
 
 
 def check_finite_scalar(name: str, value: Any) -> float:
-    """``value`` as a finite float.
+    """``value`` as a finite float (a Python or NumPy real number, or a 0-d array of one).
 
     Raises
     ------
@@ -100,6 +108,7 @@ def check_non_negative_scalar(name: str, value: Any) -> float:
 
 
 def _integer(name: str, value: Any, what: str) -> int:
+    value = _item(value)
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise ValueError(f"{name} must be {what}, got {value!r}")
     return int(value)

@@ -69,6 +69,13 @@ from numpy.typing import ArrayLike, NDArray
 
 from bluesky_ptycho.io.hdf5 import check_filters, get_dataset, open_hdf5, read_frame
 from bluesky_ptycho.io.units import ELEMENTARY_CHARGE_C
+from bluesky_ptycho.validation import (
+    check_mask,
+    check_pair,
+    check_positions,
+    check_positive_int,
+    check_positive_scalar,
+)
 
 __all__ = [
     "CXI_VERSION",
@@ -203,26 +210,15 @@ class ScanFile:
         shape = tuple(int(s) for s in self.intensities.shape)
         if len(shape) != 3 or min(shape) <= 0:
             raise ValueError(f"intensities must have shape (n, H, W), got {shape}")
-        pos = np.asarray(self.positions_m, dtype=np.float64)
-        if pos.shape != (shape[0], 2):
-            raise ValueError(
-                f"positions_m must have shape ({shape[0]}, 2) to match {shape[0]} frames, "
-                f"got {pos.shape}"
-            )
-        if not np.all(np.isfinite(pos)):
-            raise ValueError("positions_m contains NaN or inf")
+        pos = check_positions("positions_m", self.positions_m, n=shape[0])
         object.__setattr__(self, "positions_m", pos)
         for name in ("energy_eV", "detector_distance_m", "detector_pixel_m"):
             object.__setattr__(self, name, _positive_float(name, getattr(self, name)))
         if self.mask is not None:
-            mask = np.asarray(self.mask).astype(bool)
-            if mask.shape != shape[1:]:
-                raise ValueError(f"mask has shape {mask.shape}, frames are {shape[1:]}")
+            mask = check_mask("mask", np.asarray(self.mask) != 0, (shape[1], shape[2]))
             object.__setattr__(self, "mask", mask)
         if self.beam_center_px is not None:
-            bc = tuple(float(v) for v in self.beam_center_px)
-            if len(bc) != 2 or not all(math.isfinite(v) for v in bc):
-                raise ValueError(f"beam_center_px must be (row, col), got {self.beam_center_px!r}")
+            bc: tuple[float, float] = check_pair("beam_center_px", self.beam_center_px)
             object.__setattr__(self, "beam_center_px", bc)
 
     @property
@@ -375,8 +371,7 @@ def _read(f: h5py.File, path: Path, entry: str, *, load: bool, negate: bool) -> 
         translation = translation[:kept]
     sign = -1.0 if negate else 1.0
     positions = np.stack([sign * translation[:, 1], sign * translation[:, 0]], axis=1)
-    if not np.all(np.isfinite(positions)):
-        raise ValueError(f"{where!r}: translation contains NaN or inf")
+    positions = check_positions(f"{where!r}: translation", positions)
 
     energy_j = _scalar(find(f"{_SOURCE}/energy", what="photon energy in J"), where)
     energy_eV = energy_j / ELEMENTARY_CHARGE_C
@@ -540,26 +535,18 @@ def write_cxi(
     if len(shape) != 3 or min(shape) <= 0:
         raise ValueError(f"intensities must have shape (n, H, W), got {shape}")
     n, h, w = shape
-    pos = np.asarray(positions_m, dtype=np.float64)
-    if pos.shape != (n, 2):
-        raise ValueError(f"positions_m must have shape ({n}, 2) for {n} frames, got {pos.shape}")
-    if not np.all(np.isfinite(pos)):
-        raise ValueError("positions_m contains NaN or inf")
+    pos = check_positions("positions_m", positions_m, n=n)
     energy = _positive_float("energy_eV", energy_eV)
     distance = _positive_float("detector_distance_m", detector_distance_m)
     pixel = _positive_float("detector_pixel_m", detector_pixel_m)
     mask_arr = None
     if mask is not None:
-        bad = np.asarray(mask)
-        if bad.shape != (h, w):
-            raise ValueError(f"mask has shape {bad.shape}, frames are {(h, w)}")
+        bad = check_mask("mask", np.asarray(mask) != 0, (h, w))
         mask_arr = np.where(bad != 0, _MASK_INVALID, 0).astype(np.uint32)
     if beam_center_px is None:
         centre = (float(h // 2), float(w // 2))
     else:
-        centre = tuple(float(v) for v in beam_center_px)  # type: ignore[assignment]
-        if len(centre) != 2 or not all(math.isfinite(v) for v in centre):
-            raise ValueError(f"beam_center_px must be (row, col), got {beam_center_px!r}")
+        centre = check_pair("beam_center_px", beam_center_px)
     sign = -1.0 if negate_translation else 1.0
     translation = np.zeros((n, 3), dtype=np.float64)
     translation[:, 0] = sign * pos[:, 1]
@@ -632,10 +619,7 @@ def _scalar(ds: h5py.Dataset, where: str) -> float:
         raise ValueError(f"{where!r}: {ds.name} is empty")
     if arr.size > 1 and not np.all(arr == arr[0]):
         raise ValueError(f"{where!r}: {ds.name} varies along the scan; a constant is needed")
-    value = float(arr[0])
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{where!r}: {ds.name} must be positive and finite, got {value}")
-    return value
+    return check_positive_scalar(f"{where!r}: {ds.name}", arr[0])
 
 
 def _snap(value: float) -> float:
@@ -643,22 +627,8 @@ def _snap(value: float) -> float:
     return float(nearest) if abs(value - nearest) < _SNAP_TOL_PX else float(value)
 
 
-def _positive_float(name: str, value: Any) -> float:
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}") from None
-    if not (math.isfinite(out) and out > 0):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return out
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
+_positive_float = check_positive_scalar
+_positive_int = check_positive_int
 
 
 def _as_str(value: Any) -> str:

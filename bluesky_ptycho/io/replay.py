@@ -22,7 +22,6 @@ when it has to open a catalog from a URI or name.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -35,6 +34,7 @@ import numpy as np
 from bluesky_ptycho.io.cxi import ScanFile
 from bluesky_ptycho.io.scan import read_scan
 from bluesky_ptycho.setup import START_KEY, ScanSetup
+from bluesky_ptycho.validation import check_finite_scalar, check_positive_int, check_positive_scalar
 
 __all__ = [
     "DocumentCallback",
@@ -129,12 +129,7 @@ def scan_documents(
     if not isinstance(scan, ScanFile):
         raise TypeError(f"scan must be a ScanFile, got {type(scan).__name__}")
     chunk = _positive_int("chunk", chunk)
-    if (
-        isinstance(position_scale_m, bool)
-        or not isinstance(position_scale_m, (int, float))
-        or not (math.isfinite(position_scale_m) and position_scale_m > 0)
-    ):
-        raise ValueError(f"position_scale_m must be a positive number, got {position_scale_m!r}")
+    check_positive_scalar("position_scale_m", position_scale_m)
     keys = tuple(position_keys)
     if len(keys) != 2 or not all(isinstance(k, str) and k for k in keys) or keys[0] == keys[1]:
         raise ValueError(f"position_keys must be two distinct data keys (row, col), got {keys!r}")
@@ -519,10 +514,9 @@ def _directory_documents(path: Path, **kwargs: Any) -> Iterator[tuple[str, dict[
 
 
 def _rate(rate_hz: Any) -> float:
-    if isinstance(rate_hz, bool) or not isinstance(rate_hz, (int, float, np.integer, np.floating)):
-        raise ValueError(f"rate_hz must be a number of frames per second, got {rate_hz!r}")
-    rate = float(rate_hz)
-    if not (math.isfinite(rate) and rate >= 0):
+    """Frames per second, ``>= 0`` (0: no pacing)."""
+    rate = check_finite_scalar("rate_hz", rate_hz)
+    if rate < 0:
         raise ValueError(f"rate_hz must be >= 0 frames per second (0: no pacing), got {rate_hz!r}")
     return rate
 
@@ -635,7 +629,4 @@ def _power_of_two(n: int) -> bool:
     return int(n) > 0 and int(n) & (int(n) - 1) == 0
 
 
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
+_positive_int = check_positive_int
