@@ -13,13 +13,17 @@ with real documents, and checks the message it must give.
 from __future__ import annotations
 
 import re
+import time
 
 import event_model
 import numpy as np
 import pytest
 
 from bluesky_ptycho.callback import PtychoCallback
-from bluesky_ptycho.live import LiveOptions, PacingPolicy
+from bluesky_ptycho.engine import EPIEOptions
+from bluesky_ptycho.live import LiveOptions, LiveReconstruction, PacingPolicy
+from bluesky_ptycho.live.guard import GuardPolicy
+from bluesky_ptycho.live.quarantine import QuarantinePolicy
 from bluesky_ptycho.metrics import illuminated_region, object_error
 from bluesky_ptycho.setup import ScanSetup
 
@@ -136,3 +140,62 @@ def test_one_poisoned_frame_ends_within_ten_percent_of_the_clean_scan(
         (reason,) = status.quarantine_reasons
         assert reason in status.messages
         assert re.search(message, reason), reason
+
+
+# ---------------------------------------------------------------------------------------------
+# the second line of defence: a poisoned frame that got past the quarantine
+
+
+def _live_run(ds, frames: np.ndarray, options: LiveOptions):
+    """Half the scan, iterate, then the other half (with the poisoned frame) and finish."""
+    live = LiveReconstruction(ds.object.shape, frames.shape[1:], options=options)
+    live.start()
+    half = POISONED
+    live.submit(frames[:half], ds.positions_px[:half])
+    deadline = time.monotonic() + 120
+    while live.status.iteration < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert live.status.iteration >= 5, live.status
+    live.submit(frames[half:], ds.positions_px[half:])
+    live.finish()
+    state = live.wait(120)
+    return state, live.status
+
+
+def _options(**guard) -> LiveOptions:
+    return LiveOptions(
+        epie=EPIEOptions(seed=0),
+        pacing=PacingPolicy(passes_per_batch=5),
+        final_passes=40,
+        publish_period_s=0.0,
+        quarantine=QuarantinePolicy(enabled=False),
+        guard=GuardPolicy(**guard),
+    )
+
+
+def test_a_diverged_update_removes_the_frame_behind_it(small_dataset):
+    ds = small_dataset
+    region = illuminated_region(ds.probe, ds.positions_px, ds.object.shape, threshold=0.3)
+    clean_state, clean_status = _live_run(ds, ds.intensities, _options())
+    assert clean_status.faults == () and clean_status.removed == 0
+    clean_err = object_error(clean_state.object, ds.object, region=region)
+
+    poisoned = ds.intensities.copy()
+    poisoned[POISONED] *= 1000
+    state, status = _live_run(ds, poisoned, _options())
+    err = object_error(state.object, ds.object, region=region)
+    assert err < 1.1 * clean_err, (err, clean_err)
+    # the removal is reported, and finish() did not clear it: the final status shows it
+    assert status.phase == "finished" and status.fault is None
+    assert status.removed == 1 and status.patterns_in_use == ds.n_patterns - 1
+    (removal,) = status.removal_reasons
+    assert re.match(rf"pattern {POISONED}: \S+ counts where the good model predicts", removal)
+    (fault,) = status.faults
+    assert re.match(r"divergence: the Fourier error jumped to \S+, \S+ times its recent", fault)
+    assert f"removed pattern(s) {POISONED}" in fault and fault in status.messages
+
+    # without the removal the same frame spoils the object, and the run says so at the end
+    state, status = _live_run(ds, poisoned, _options(max_removals=0))
+    assert object_error(state.object, ds.object, region=region) > 1.1 * clean_err
+    assert status.removed == 0 and status.faults
+    assert status.fault is not None and status.fault.startswith("divergence:")
