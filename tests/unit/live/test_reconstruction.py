@@ -680,3 +680,81 @@ def test_live_parallel_options_are_checked():
         LiveOptions(workers=0)
     with pytest.raises(ValueError, match="not MPI"):
         LiveOptions(parallel_options=ParallelOptions(executor="mpi"))
+
+
+# ---------------------------------------------------------------------- poisoned frames
+
+
+def test_a_fault_is_not_cleared_by_finish(small_dataset, make_live, monkeypatch):
+    ds = small_dataset
+    poison = threading.Event()
+
+    class DivergingEPIE(EPIE):
+        def step(self, max_updates: int) -> int:
+            done = super().step(max_updates)
+            if poison.is_set():
+                poison.clear()
+                self._object[10:13, 10:13] = np.nan
+            return done
+
+    monkeypatch.setattr(reconstruction_module, "EPIE", DivergingEPIE)
+    live = make_live(
+        PacingPolicy(min_patterns=2, mode="free", chunk_updates=16), publish_period_s=0.0
+    )
+    rec = _Recorder()
+    live.add_observer(rec)
+    live.submit(ds.intensities, ds.positions_px)
+    live.start()
+    assert _wait_for(lambda: live.status.iteration >= 2)
+    poison.set()
+    assert _wait_for(lambda: live.status.phase == "fault")
+    fault = live.status.fault
+    assert fault is not None and fault.endswith("resume() to continue")
+    live.finish(final_passes=2)
+    state = live.wait(TIMEOUT)
+    status = live.status
+    assert status.phase == "finished" and np.all(np.isfinite(state.object))
+    assert status.fault == fault and status.faults == (fault,)
+    assert status.removed == 0  # NaN from nowhere: no pattern to blame
+    assert rec.snaps[-1].message == f"ended with a fault: {fault}"
+
+
+def test_implausible_frames_are_quarantined_and_kept_aside(small_dataset, make_live):
+    ds = small_dataset
+    live = make_live(PacingPolicy(passes_per_batch=0))
+    frames = ds.intensities.copy()
+    frames[30] *= 1000
+    frames[50] = 0.0
+    live.submit(frames[:20], ds.positions_px[:20])
+    live.start()
+    assert _wait_for(lambda: live.status.patterns_in_use == 20)
+    for k in range(20, ds.n_patterns):  # one by one, as a scan delivers them
+        live.submit(frames[k], ds.positions_px[k])
+    live.finish(final_passes=1)
+    live.wait(TIMEOUT)
+    status = live.status
+    assert status.quarantined == 2 and status.rejected == 0
+    assert status.patterns_received == ds.n_patterns
+    assert status.patterns_in_use == ds.n_patterns - 2
+    first, second = status.quarantine_reasons
+    assert first.startswith("frame 30: quarantined: total counts ") and "times the median" in first
+    assert second.startswith("frame 50: quarantined: total counts 0: no counts")
+    assert first in status.messages and second in status.messages
+    aside = live.quarantined_frames()
+    assert [a.index for a in aside] == [30, 50]
+    np.testing.assert_array_equal(aside[0].frame, frames[30].astype(np.float32))
+    np.testing.assert_array_equal(aside[1].position_px, ds.positions_px[50])
+    assert aside[0].reason in first
+
+
+def test_quarantine_can_be_switched_off(small_dataset, make_live):
+    from bluesky_ptycho.live.quarantine import QuarantinePolicy
+
+    ds = small_dataset
+    live = make_live(PacingPolicy(passes_per_batch=0), quarantine=QuarantinePolicy(enabled=False))
+    frames = ds.intensities.copy()
+    frames[30] = 0.0
+    live.submit(frames, ds.positions_px)
+    live.finish(final_passes=0)
+    live.wait(TIMEOUT)
+    assert live.status.quarantined == 0 and live.status.patterns_in_use == ds.n_patterns

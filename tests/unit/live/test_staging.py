@@ -93,3 +93,35 @@ def test_publisher_timing_numbering_and_failing_observers():
     pub.remove_observer(broken)
     pub.emit(pub.make(st, patterns_received=3, patterns_in_use=3, phase="waiting", message="m"))
     assert got == [1, 2] and len(reports) == 1
+
+
+def test_feed_leaves_out_skipped_frames_and_numbers_the_rest():
+    staging = Staging(4, (2, 2))
+    frames = np.arange(6 * 4, dtype=np.float32).reshape(6, 2, 2)
+    positions = np.arange(12, dtype=np.float64).reshape(6, 2)
+    mask = np.zeros((6, 2, 2), bool)
+    mask[:, 0, 0] = True
+    staging.put(*check_frames(frames, positions, mask, (2, 2)))
+    chunks = staging.take()
+    chunks[0].skip = np.array([False, True, False, False])  # frame 1 quarantined
+    chunks[1].skip = np.array([True, True])  # frames 4 and 5: the whole chunk
+
+    class Engine:
+        def __init__(self) -> None:
+            self.rows: list[float] = []
+            self.masks = 0
+
+        def add(self, intensities, positions_px, mask=None):
+            pos = np.atleast_2d(positions_px)
+            if np.any(pos[:, 0] == 6.0):  # frame 3
+                raise ValueError("outside the object")
+            self.rows.extend(pos[:, 0].tolist())
+            self.masks += 0 if mask is None else int(np.sum(mask))
+
+    rejected: list[str] = []
+    engine = Engine()
+    assert feed(engine, chunks, rejected.append) == 2
+    assert engine.rows == [0, 4] and engine.masks == 2
+    assert rejected == ["frame 3: outside the object"]
+    staging.recycle(chunks)
+    assert all(ch.skip is None for ch in chunks)
