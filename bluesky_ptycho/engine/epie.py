@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from bluesky_ptycho import validation
 from bluesky_ptycho.backend import Backend, backend_for, get_backend, to_numpy
 from bluesky_ptycho.engine import constraints
 from bluesky_ptycho.engine.forward import integer_positions
@@ -488,35 +489,16 @@ class EPIE:
             On a shape mismatch, a non-finite value, or a patch outside the object. The engine
             is left unchanged.
         """
-        frames = np.asarray(
-            to_numpy(intensities) if not isinstance(intensities, np.ndarray) else intensities
-        )
-        if frames.ndim == 2:
-            frames = frames[None]
-        if frames.ndim != 3:
-            raise ValueError(f"intensities must have shape (n, N, N) or (N, N), got {frames.shape}")
-        if not np.issubdtype(frames.dtype, np.number) or np.iscomplexobj(frames):
-            raise ValueError(f"intensities must be real numbers, got dtype {frames.dtype}")
+        raw = to_numpy(intensities) if not isinstance(intensities, np.ndarray) else intensities
+        frames = validation.check_frames("intensities", raw, self._probe_shape)
         n = frames.shape[0]
         frame_shape = (int(frames.shape[1]), int(frames.shape[2]))
-        if self._probe_shape is not None and frame_shape != self._probe_shape:
-            raise ValueError(
-                f"intensities have frame shape {frame_shape}, the probe is {self._probe_shape}"
-            )
-        pos = np.asarray(
+        pos = validation.check_positions(
+            "positions_px",
             to_numpy(positions_px) if not isinstance(positions_px, np.ndarray) else positions_px,
-            dtype=np.float64,
+            n,
+            single_ok=True,
         )
-        if pos.ndim == 1 and pos.shape == (2,):
-            pos = pos[None]
-        if pos.shape != (n, 2):
-            raise ValueError(f"positions_px must have shape ({n}, 2), got {pos.shape}")
-        if not np.all(np.isfinite(pos)):
-            raise ValueError("positions_px contains NaN or infinite values")
-        bad = ~np.all(np.isfinite(frames), axis=(1, 2)) if n else np.zeros(0, bool)
-        if np.any(bad):
-            which = np.flatnonzero(bad)[:10].tolist()
-            raise ValueError(f"intensities contain NaN or infinite values in frame(s) {which}")
         corners = integer_positions(pos)
         limit = np.array(self._object_shape) - np.array(frame_shape)
         outside = np.any((corners < 0) | (corners > limit), axis=1)
@@ -529,15 +511,12 @@ class EPIE:
             )
         m = None
         if mask is not None:
-            m = np.asarray(to_numpy(mask) if not isinstance(mask, np.ndarray) else mask)
-            if m.dtype != bool:
-                raise ValueError(f"mask must be boolean (True = bad pixel), got {m.dtype}")
-            if m.shape == frame_shape:
-                m = np.broadcast_to(m, frames.shape)
-            elif m.shape != frames.shape:
-                raise ValueError(
-                    f"mask must have shape {frame_shape} or {frames.shape}, got {m.shape}"
-                )
+            m = validation.check_mask(
+                "mask",
+                to_numpy(mask) if not isinstance(mask, np.ndarray) else mask,
+                frame_shape,
+                n,
+            )
         if n == 0:
             return np.zeros(0, dtype=np.int64)
         # All checks passed: from here on nothing raises for bad input.

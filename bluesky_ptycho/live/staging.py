@@ -15,6 +15,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from bluesky_ptycho import validation
+
 __all__ = ["MAX_SPARE_CHUNKS", "Staging", "StagingChunk", "check_frames", "feed"]
 
 logger = logging.getLogger(__name__)
@@ -182,51 +184,13 @@ def check_frames(
     ------
     ValueError
         Wrong frame shape or dtype, positions not ``(n, 2)`` or not finite, NaN/inf in a
-        frame, a bad mask.
+        frame, a bad mask (the checks of :mod:`bluesky_ptycho.validation`, so the message
+        names ``frames``, ``positions_px`` or ``mask``).
     """
-    f = np.asarray(frames)
-    n_shape = frame_shape
-    if f.ndim == 2:
-        f = f[None]
-    if f.ndim != 3 or tuple(f.shape[1:]) != n_shape:
-        raise ValueError(
-            f"frames have shape {tuple(np.shape(frames))}, expected (n, {n_shape[0]}, "
-            f"{n_shape[1]}) or {n_shape} (the probe shape)"
-        )
-    if f.dtype.kind not in "biuf":
-        raise ValueError(f"frames must be real numbers, got dtype {f.dtype}")
+    f = validation.check_frames("frames", frames, frame_shape)
     n = int(f.shape[0])
-    try:
-        pos = np.asarray(positions_px, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"positions_px must be numbers, got {positions_px!r}") from None
-    if pos.shape == (2,):
-        pos = pos[None]
-    if pos.shape != (n, 2):
-        raise ValueError(f"positions_px must have shape ({n}, 2) for {n} frame(s), got {pos.shape}")
-    bad_pos = ~np.all(np.isfinite(pos), axis=1)
-    if np.any(bad_pos):
-        raise ValueError(
-            f"positions_px of frame(s) {np.flatnonzero(bad_pos)[:10].tolist()} of this "
-            f"submit are NaN or infinite: {pos[bad_pos][:3].tolist()}"
-        )
-    if f.dtype.kind == "f" and n:
-        bad = ~np.isfinite(f.reshape(n, -1)).all(axis=1)
-        if np.any(bad):
-            which = np.flatnonzero(bad)[:10].tolist()
-            raise ValueError(
-                f"frame(s) {which} of this submit contain NaN or infinite values "
-                f"(nothing of this submit was kept)"
-            )
-    m = None
-    if mask is not None:
-        m = np.asarray(mask)
-        if m.dtype != np.bool_:
-            raise ValueError(f"mask must be boolean (True = bad pixel), got dtype {m.dtype}")
-        if m.shape == n_shape:
-            m = np.broadcast_to(m, f.shape)
-        elif m.shape != f.shape:
-            raise ValueError(f"mask must have shape {n_shape} or {f.shape}, got {m.shape}")
+    pos = validation.check_positions("positions_px", positions_px, n, single_ok=True)
+    m = None if mask is None else validation.check_mask("mask", mask, frame_shape, n)
     return f, pos, m
 
 

@@ -240,7 +240,7 @@ def _unchanged(engine: EPIE, before: ReconstructionState) -> None:
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda ds: (ds.intensities[:2, :32, :32], ds.positions_px[:2]), "frame shape"),
+        (lambda ds: (ds.intensities[:2, :32, :32], ds.positions_px[:2]), "frames of shape"),
         (lambda ds: (ds.intensities[:2], ds.positions_px[:3]), "positions_px must have shape"),
         (lambda ds: (ds.intensities[0][None, None], ds.positions_px[:1]), "intensities must"),
         (

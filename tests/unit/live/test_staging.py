@@ -53,7 +53,7 @@ def test_staging_keeps_every_frame_in_order_across_chunks():
 
 def test_check_frames_refuses_bad_input_whole():
     good = np.ones((2, 4, 4), np.float32)
-    with pytest.raises(ValueError, match="expected"):
+    with pytest.raises(ValueError, match=r"frames must have frames of shape \(4, 4\)"):
         check_frames(np.ones((2, 3, 3)), np.zeros((2, 2)), None, (4, 4))
     with pytest.raises(ValueError, match="NaN"):
         check_frames(good, [[0, 0], [np.inf, 1]], None, (4, 4))
