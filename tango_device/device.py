@@ -1178,8 +1178,8 @@ class PtychoReconstruction(Device):
             )
             _refuse(
                 "PTYCHO_PathRefused",
-                f"{name} refused: {exc} (not an existing file inside the data directories, "
-                f"whether or not it exists elsewhere){hint}",
+                f"{name} refused: {exc} (not an existing file inside the data directories; "
+                f"every path outside them gets this same answer){hint}",
                 f"PtychoReconstruction.{name}",
             )
         raise AssertionError("unreachable")  # pragma: no cover

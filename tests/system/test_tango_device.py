@@ -625,6 +625,61 @@ def test_a_failing_replay_is_a_fault_with_its_reason(dev: Any, tmp_path: Path) -
     assert dev.state() == DevState.ON and dev.PatternsReceived == received
 
 
+def test_replay_and_follow_read_only_inside_the_data_directories(
+    dev: Any, cxi_scan: Path, tmp_path: Path
+) -> None:
+    """DataDirectories (the tests' temporary directories here): files elsewhere are refused
+    with one text whether they exist or not, also through a symbolic link or ``..``."""
+    import shutil
+    import tempfile
+
+    bring_to(dev, DevState.ON)
+    outside = Path(tempfile.mkdtemp(prefix="ptycho-outside-"))
+    try:
+        shutil.copy(cxi_scan, outside / "real.cxi")
+        (tmp_path / "link").symlink_to(outside)
+        texts = {}
+        for name in ("real.cxi", "missing.cxi"):
+            for source in (
+                str(outside / name),
+                str(tmp_path / "link" / name),
+                f"{tmp_path}/../../../../../..{outside}/{name}",
+            ):
+                for command in ("Replay", "Follow"):
+                    text = refused(
+                        lambda c=command, s=source: getattr(dev, c)(s),
+                        f"{command} refused",
+                        "not a file inside the data directories",
+                    )
+                    texts[(name, source.replace(name, ""), command)] = text.replace(name, "NAME")
+        for (name, source, command), text in texts.items():
+            if name == "real.cxi":  # no existence oracle: the same refusal for a missing file
+                assert text == texts[("missing.cxi", source, command)]
+        assert "exists" not in " ".join(texts.values())
+        assert dev.state() == DevState.ON and "real.cxi" not in dev.status()
+        # inside the data directories the same file is replayed
+        inside = tmp_path / "again.cxi"
+        shutil.copy(outside / "real.cxi", inside)
+        dev.Replay(str(inside))
+        assert wait_for(lambda: dev.RunPhase == "finished" and dev.state() == DevState.ON), (
+            dev.status()
+        )
+    finally:
+        shutil.rmtree(outside, ignore_errors=True)
+
+
+def test_integrity_attributes_after_a_clean_scan(scan: Scan, dev: Any) -> None:
+    """The loss, duplicate, feed and recovery attributes exist and read as nothing wrong."""
+    assert dev.FramesLost == 0 and dev.DuplicateDocuments == 0
+    assert dev.PatternsQuarantined == 0 and dev.RecoveredPatterns == 0
+    bring_to(dev, DevState.STANDBY)
+    assert wait_for(lambda: dev.FeedConnected, timeout=30), dev.status()
+    for word in ("LOSS", "MISSING STOP", "DISCONNECTED", "QUARANTINED", "RECOVERED"):
+        assert word not in dev.status()
+    bring_to(dev, DevState.ON)
+    assert not dev.FeedConnected  # not armed
+
+
 def test_memorized_values_survive_a_restart(
     dev: Any, server: TangoServer, tango_servers: ServerFactory
 ) -> None:
