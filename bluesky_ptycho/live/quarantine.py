@@ -34,6 +34,7 @@ import numpy as np
 __all__ = ["Quarantine", "QuarantinePolicy", "QuarantinedFrame", "Verdicts"]
 
 _LOG_MAD = 1.4826  # MAD of a normal distribution to its standard deviation
+_REFRESH = 8  # accepted frames between recomputations of the bands once warmed up
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,9 @@ class Quarantine:
         self._peaks: deque[float] = deque(maxlen=int(self.policy.window))
         self._masked: deque[float] = deque(maxlen=int(self.policy.window))
         self._outside_in_a_row = 0
+        self._accepts = 0  # frames accepted ever
+        self._cache: _Bands | None = None
+        self._cache_at = 0
 
     @property
     def accepted(self) -> int:
@@ -190,6 +194,7 @@ class Quarantine:
                 self._totals.append(float(totals[k]))
                 self._peaks.append(float(peaks[k]))
                 self._masked.append(float(masked[k]))
+                self._accepts += 1
                 continue
             if not banded:
                 continue
@@ -203,6 +208,7 @@ class Quarantine:
                 self._peaks.clear()
                 self._masked.clear()
                 self._outside_in_a_row = 0
+                self._cache = None
         return Verdicts(reasons=tuple(reasons), notes=tuple(notes))
 
     # ------------------------------------------------------------------ helpers
@@ -220,24 +226,51 @@ class Quarantine:
                 "(max_pixel)",
                 False,
             )
-        ref_totals, ref_peaks, ref_masked = self._reference(totals, peaks, masked)
-        if ref_totals.size < int(pol.warmup):
+        bands = self._bands(totals, peaks, masked)
+        if bands is None:
             return None, False
         frac = float(masked[k])
-        typical_masked = float(np.median(ref_masked))
-        if frac - typical_masked > pol.masked_jump:
+        if frac - bands.masked > pol.masked_jump:
             return (
                 f"{100 * frac:.0f}% of its pixels are masked (flag values, counts above "
-                f"max_count...), typically {100 * typical_masked:.0f}%",
+                f"max_count...), typically {100 * bands.masked:.0f}%",
                 True,
             )
-        for what, value, ref in (("total counts", total, ref_totals), ("peak", peak, ref_peaks)):
-            problem = self._outside(what, value, ref)
+        for what, value, band in (("total counts", total, bands.total), ("peak", peak, bands.peak)):
+            problem = _outside(what, value, band, bands.size)
             if problem is not None:
                 if frac > 0:
                     problem += f"; {100 * frac:.0f}% of its pixels are masked"
                 return problem, True
         return None, False
+
+    def _bands(self, totals: np.ndarray, peaks: np.ndarray, masked: np.ndarray) -> _Bands | None:
+        """The bands to judge by: refreshed every few accepted frames once warmed up."""
+        warm = len(self._totals) >= int(self.policy.warmup)
+        if warm and self._cache is not None and self._cache_at + _REFRESH > self._accepts:
+            return self._cache
+        ref_totals, ref_peaks, ref_masked = self._reference(totals, peaks, masked)
+        if ref_totals.size < int(self.policy.warmup):
+            return None
+        bands = _Bands(
+            total=self._band(ref_totals),
+            peak=self._band(ref_peaks),
+            masked=float(np.median(ref_masked)),
+            size=int(ref_totals.size),
+        )
+        if warm:
+            self._cache, self._cache_at = bands, self._accepts
+        return bands
+
+    def _band(self, ref: np.ndarray) -> tuple[float, float] | None:
+        """``(centre, half-width)`` in ``log10`` of the robust band of ``ref``, or None."""
+        positive = ref[ref > 0]
+        if positive.size < max(3, ref.size // 2):
+            return None  # mostly dark frames: no band to speak of
+        logs = np.log10(positive)
+        centre = float(np.median(logs))
+        mad = float(np.median(np.abs(logs - centre))) * _LOG_MAD
+        return centre, max(self.policy.band_mads * mad, math.log10(self.policy.min_factor))
 
     def _reference(
         self, totals: np.ndarray, peaks: np.ndarray, masked: np.ndarray
@@ -254,24 +287,27 @@ class Quarantine:
             np.concatenate([m, masked]),
         )
 
-    def _outside(self, what: str, value: float, ref: np.ndarray) -> str | None:
-        """Why ``value`` lies outside the robust band of ``ref`` (None if inside)."""
-        pol = self.policy
-        positive = ref[ref > 0]
-        if positive.size < max(3, ref.size // 2):
-            return None  # mostly dark frames: no band to speak of
-        logs = np.log10(positive)
-        centre = float(np.median(logs))
-        mad = float(np.median(np.abs(logs - centre))) * _LOG_MAD
-        half = max(pol.band_mads * mad, math.log10(pol.min_factor))
-        median = 10.0**centre
-        if value <= 0:
-            return f"{what} {value:.3g}: no counts (median of the accepted frames {median:.3g})"
-        lv = math.log10(value)
-        if abs(lv - centre) <= half:
-            return None
-        lo, hi = 10.0 ** (centre - half), 10.0 ** (centre + half)
-        return (
-            f"{what} {value:.3g} is {value / median:.3g} times the median {median:.3g} of "
-            f"{ref.size} accepted frames (band {lo:.3g} to {hi:.3g})"
-        )
+
+@dataclass(frozen=True)
+class _Bands:
+    total: tuple[float, float] | None
+    peak: tuple[float, float] | None
+    masked: float
+    size: int
+
+
+def _outside(what: str, value: float, band: tuple[float, float] | None, size: int) -> str | None:
+    """Why ``value`` lies outside ``band`` (from ``size`` frames), or None if inside."""
+    if band is None:
+        return None
+    centre, half = band
+    median = 10.0**centre
+    if value <= 0:
+        return f"{what} {value:.3g}: no counts (median of the accepted frames {median:.3g})"
+    if abs(math.log10(value) - centre) <= half:
+        return None
+    lo, hi = 10.0 ** (centre - half), 10.0 ** (centre + half)
+    return (
+        f"{what} {value:.3g} is {value / median:.3g} times the median {median:.3g} of "
+        f"{size} accepted frames (band {lo:.3g} to {hi:.3g})"
+    )
