@@ -49,6 +49,7 @@ from bluesky.callbacks.zmq import Publisher
 
 __all__ = [
     "DEFAULT_HWM",
+    "HARD_LIMIT_MARGIN",
     "DocumentFeed",
     "FeedStatus",
     "ProxyProcess",
@@ -80,8 +81,14 @@ HEARTBEAT_TIMEOUT_MS = 3000
 #: Reconnection to a vanished proxy: first retry after 100 ms, backing off to one per second.
 RECONNECT_IVL_MS = 100
 RECONNECT_IVL_MAX_MS = 1000
-#: Room for the prefix and document name in front of the payload, in bytes.
-_ENVELOPE_BYTES = 4096
+#: A feed disconnected this long makes a fresh SUB socket (see ``DocumentFeed``).
+RESET_AFTER_S = 5.0
+#: Above ``max_document_bytes`` plus this, 0MQ itself refuses a message (ZMQ_MAXMSGSIZE) and
+#: drops the connection (then reconnects): the most a single hostile message can make the feed
+#: allocate. Between the two limits the feed counts the message in ``oversized`` and goes on.
+HARD_LIMIT_MARGIN = 64 * 2**20
+#: The largest message the proxy forwards: a feed's default ``max_document_bytes`` plus margin.
+DEFAULT_MAX_MESSAGE_BYTES = 256 * 2**20 + HARD_LIMIT_MARGIN
 #: The document names bluesky defines (``bluesky.run_engine.DocumentNames``).
 _DOCUMENT_NAMES = frozenset(
     {
@@ -432,9 +439,13 @@ class DocumentFeed:
     name : str, optional
         Name of the background thread.
     max_document_bytes : int, optional
-        Larger messages are dropped before decoding and counted in ``status.oversized``;
-        0MQ itself refuses (and drops the connection on) messages more than 4 KiB larger, so a
-        hostile sender cannot make the feed allocate more than this.
+        Larger messages are dropped before decoding and counted in ``status.oversized``.
+        Messages more than :data:`HARD_LIMIT_MARGIN` (64 MiB) larger are refused by 0MQ
+        itself, which drops the connection and reconnects (what was queued for the feed in
+        the proxy is lost, and shows as ``seq_num`` gaps): a hostile sender cannot make the
+        feed allocate more than ``max_document_bytes + 64 MiB`` for one message. (0MQ does
+        not reconnect after refusing a message; the feed replaces a SUB socket that has been
+        disconnected for :data:`RESET_AFTER_S` seconds, which covers that case too.)
     hwm : int, optional
         Receive high-water mark, in messages (:data:`DEFAULT_HWM`).
 
@@ -684,57 +695,87 @@ class DocumentFeed:
                     logger.warning("%s: lost the proxy at %s", self._name, self._address)
                 self._connected.clear()
 
-    def _run(self) -> None:
-        context = zmq.Context()
+    def _open(self, context: zmq.Context) -> tuple[zmq.Socket, zmq.Socket]:
+        """A configured SUB socket connecting to the proxy, and its monitor socket."""
         sock = context.socket(zmq.SUB)
-        monitor: zmq.Socket | None = None
         try:
             _configure(sock, hwm=self._hwm, linger_ms=0)
-            sock.setsockopt(zmq.MAXMSGSIZE, self._max_document_bytes + _ENVELOPE_BYTES)
+            sock.setsockopt(zmq.MAXMSGSIZE, self._max_document_bytes + HARD_LIMIT_MARGIN)
             monitor = sock.get_monitor_socket(
                 zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
             )
+        except Exception:
+            sock.close(linger=0)
+            raise
+        try:
             sock.setsockopt(zmq.SUBSCRIBE, self._prefix + b" " if self._prefix else b"")
             sock.connect(_tcp(self._address))
+        except Exception:
+            _close(sock, monitor)
+            raise
+        return sock, monitor
+
+    def _run(self) -> None:
+        context = zmq.Context()
+        try:
+            sock, monitor = self._open(context)
         except Exception as exc:
             self._fatal = repr(exc)
             self._record_error(f"feed failed to start: {exc!r}")
-            if monitor is not None:
-                monitor.close(linger=0)
-            sock.close(linger=0)
             context.term()
             return
         self._ready.set()
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        poller.register(monitor, zmq.POLLIN)
+        down_since: float | None = time.monotonic()
         try:
             while not self._stop_requested.is_set():
-                ready = dict(poller.poll(100))
-                if monitor in ready:
-                    self._on_monitor(monitor)
-                if sock not in ready:
+                self._serve(sock, monitor)
+                if self._connected.is_set():
+                    down_since = None
                     continue
-                # a batch, then look at the monitor and the stop request again
-                for _ in range(256):
-                    if self._stop_requested.is_set():
-                        break
-                    try:
-                        frame = sock.recv(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
-                    self._handle(frame)
+                now = time.monotonic()
+                if down_since is None:
+                    down_since = now
+                elif now - down_since > RESET_AFTER_S:
+                    # 0MQ does not reconnect after a protocol error (a message above
+                    # ZMQ_MAXMSGSIZE): a fresh socket does, and costs nothing when the proxy
+                    # is simply away.
+                    _close(sock, monitor)
+                    sock, monitor = self._open(context)
+                    down_since = now
         except Exception as exc:  # pragma: no cover - a 0MQ failure of the socket itself
             self._fatal = repr(exc)
             self._record_error(f"feed socket failed: {exc!r}")
             logger.exception("%s: the SUB socket failed", self._name)
         finally:
             self._connected.clear()
-            with contextlib.suppress(zmq.ZMQError):
-                sock.disable_monitor()
-            monitor.close(linger=0)
-            sock.close(linger=0)
+            _close(sock, monitor)
             context.term()
+
+    def _serve(self, sock: zmq.Socket, monitor: zmq.Socket, timeout_ms: int = 100) -> None:
+        """One poll: monitor events, then a batch of up to 256 messages."""
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
+        ready = dict(poller.poll(timeout_ms))
+        if monitor in ready:
+            self._on_monitor(monitor)
+        if sock not in ready:
+            return
+        for _ in range(256):
+            if self._stop_requested.is_set():
+                return
+            try:
+                frame = sock.recv(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._handle(frame)
+
+
+def _close(sock: zmq.Socket, monitor: zmq.Socket) -> None:
+    with contextlib.suppress(zmq.ZMQError):
+        sock.disable_monitor()
+    monitor.close(linger=0)
+    sock.close(linger=0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -768,14 +809,22 @@ def _accepts_connections(host: str, port: int) -> bool:
         return False
 
 
-def run_proxy(in_address: str, out_address: str, *, hwm: int = DEFAULT_HWM) -> None:
+def run_proxy(
+    in_address: str,
+    out_address: str,
+    *,
+    hwm: int = DEFAULT_HWM,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+) -> None:
     """Forward every message from ``in_address`` (SUB, bound) to ``out_address`` (PUB, bound).
 
     The same forwarding as ``bluesky-0MQ-proxy``, with the high-water marks and heartbeats set
     on purpose: its SUB queues at most ``hwm`` messages from the publishers, its PUB at most
     ``hwm`` messages per subscriber (then drops for that subscriber only, which sees the loss as
     ``seq_num`` gaps); a subscriber silent for 3 s is dropped with its queue. A proxy with ``s``
-    subscribers thus holds at most ``(1 + s) x hwm`` messages. Runs until the process ends.
+    subscribers thus holds at most ``(1 + s) x hwm`` messages. A publisher that sends a
+    message larger than ``max_message_bytes`` is disconnected by 0MQ (and reconnects); the
+    message goes no further. Runs until the process ends.
 
     Parameters
     ----------
@@ -783,6 +832,8 @@ def run_proxy(in_address: str, out_address: str, *, hwm: int = DEFAULT_HWM) -> N
         ``"host:port"`` or ``"tcp://host:port"`` to bind.
     hwm : int, optional
         High-water mark of both sockets, in messages.
+    max_message_bytes : int, optional
+        The largest message forwarded (ZMQ_MAXMSGSIZE of the SUB socket).
     """
     _check_hwm(hwm)
     context = zmq.Context()
@@ -791,6 +842,7 @@ def run_proxy(in_address: str, out_address: str, *, hwm: int = DEFAULT_HWM) -> N
     try:
         _configure(frontend, hwm=hwm, linger_ms=0)
         _configure(backend, hwm=hwm, linger_ms=0)
+        frontend.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
         frontend.setsockopt(zmq.SUBSCRIBE, b"")
         frontend.bind(_tcp(in_address))
         backend.bind(_tcp(out_address))
@@ -1028,9 +1080,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--in-address", required=True, help="where publishers send (bind)")
     parser.add_argument("--out-address", required=True, help="where subscribers connect (bind)")
     parser.add_argument("--hwm", type=int, default=DEFAULT_HWM, help="high-water mark, messages")
+    parser.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=DEFAULT_MAX_MESSAGE_BYTES,
+        help="largest message forwarded",
+    )
     args = parser.parse_args(argv)
     try:
-        run_proxy(args.in_address, args.out_address, hwm=args.hwm)
+        run_proxy(
+            args.in_address,
+            args.out_address,
+            hwm=args.hwm,
+            max_message_bytes=args.max_message_bytes,
+        )
     except KeyboardInterrupt:
         pass
 
