@@ -55,7 +55,7 @@ STATE_FILE = "state.npz"
 FORMAT = 1
 
 _MAGIC = b"PTRC"
-# magic, crc32 of the payload, payload length
+# magic, CRC-32 of the payload, payload length
 _RECORD_HEAD = struct.Struct("<4sIQ")
 # descriptor index, seq_num (-1: none), submit index, row, col, rows, cols, has mask
 _PAYLOAD_HEAD = struct.Struct("<iqqddIIB")
@@ -216,7 +216,16 @@ def _safe_name(run_uid: str) -> str:
     return "uid-" + format(zlib.crc32(text.encode("utf-8", "replace")), "08x")
 
 
-def _encode(desc_index: int, record: PatternLike) -> bytes:
+def _checksum(parts: Sequence[Any]) -> int:
+    """CRC-32 over the parts in order: recognises a torn or damaged record."""
+    value = 0
+    for part in parts:
+        value = zlib.crc32(part, value)
+    return value
+
+
+def _encode(desc_index: int, record: PatternLike) -> list[Any]:
+    """The record's buffers in file order (head first); no copy of the frame is made."""
     frame = np.ascontiguousarray(record.intensities, dtype=np.float32)
     if frame.ndim != 2:
         raise ValueError(f"pattern has shape {frame.shape}, expected (N, N)")
@@ -236,28 +245,28 @@ def _encode(desc_index: int, record: PatternLike) -> bytes:
         frame.shape[1],
         1 if has_mask else 0,
     )
-    parts = [head, frame.tobytes()]
+    parts: list[Any] = [head, frame.data.cast("B")]
     if has_mask:
-        m = np.ascontiguousarray(mask, dtype=np.uint8)
+        m = np.asarray(mask, dtype=bool)
         if m.shape != frame.shape:
             raise ValueError(f"mask has shape {m.shape}, the pattern {frame.shape}")
-        parts.append(m.tobytes())
-    payload = b"".join(parts)
-    return _RECORD_HEAD.pack(_MAGIC, zlib.crc32(payload), len(payload)) + payload
+        parts.append(np.packbits(m, axis=None).tobytes())
+    length = sum(len(part) for part in parts)
+    return [_RECORD_HEAD.pack(_MAGIC, _checksum(parts), length), *parts]
 
 
 def _decode(payload: bytes, run_uid: str, descriptors: Sequence[str]) -> SavedPattern | None:
     desc, seq, index, row, col, rows, cols, has_mask = _PAYLOAD_HEAD.unpack_from(payload)
     n = rows * cols
-    need = _PAYLOAD_HEAD.size + 4 * n + (n if has_mask else 0)
+    need = _PAYLOAD_HEAD.size + 4 * n + ((n + 7) // 8 if has_mask else 0)
     if need != len(payload) or not 0 <= desc < len(descriptors):
         return None
     off = _PAYLOAD_HEAD.size
     frame = np.frombuffer(payload, dtype=np.float32, count=n, offset=off).reshape(rows, cols)
     mask = None
     if has_mask:
-        raw = np.frombuffer(payload, dtype=np.uint8, count=n, offset=off + 4 * n)
-        mask = raw.reshape(rows, cols).astype(bool)
+        packed = np.frombuffer(payload, dtype=np.uint8, offset=off + 4 * n)
+        mask = np.unpackbits(packed, count=n).reshape(rows, cols).astype(bool)
     return SavedPattern(
         run_uid=run_uid,
         descriptor=descriptors[desc],
@@ -281,7 +290,7 @@ def _payloads(f: BinaryIO) -> Iterator[bytes]:
         if magic != _MAGIC or length > _MAX_RECORD or length > size - good - len(head):
             return
         payload = f.read(length)
-        if len(payload) < length or zlib.crc32(payload) != crc:
+        if len(payload) < length or _checksum([payload]) != crc:
             return
         good += _RECORD_HEAD.size + length
         yield payload
@@ -449,11 +458,12 @@ class CheckpointWriter:
             key = None if record.seq_num is None else (index, int(record.seq_num))
             if key is not None and key in self._keys:
                 return False
-            data = _encode(index, record)
-            self._file.write(data)
+            parts = _encode(index, record)
+            for part in parts:
+                self._file.write(part)
             self._file.flush()
             self._count += 1
-            self._bytes += len(data)
+            self._bytes += sum(len(part) for part in parts)
             if key is not None:
                 self._keys.add(key)
             return True

@@ -349,6 +349,13 @@ class PtychoReconstruction(Device):
             logger.exception("resuming from checkpoints failed")
             self._note(f"resuming from checkpoints failed: {type(exc).__name__}: {exc}")
 
+    def _drop_checkpoints(self) -> None:
+        """Delete the checkpoints of the open runs (Stop and Reset end them on purpose)."""
+        checkpoints = self._checkpoints
+        if checkpoints is not None:
+            for run_uid in checkpoints.open_runs:
+                checkpoints.finish(run_uid)
+
     def _checkpoint_main(self, closing: threading.Event, checkpoints: RunCheckpoints) -> None:
         """Every CheckpointPeriod: the object and probe into the checkpoint; drop saved runs."""
         period = max(0.1, float(self.CheckpointPeriod))
@@ -1058,6 +1065,7 @@ class PtychoReconstruction(Device):
         self._disarm()
         self._cancel_replay()
         live = self._callback.live
+        self._drop_checkpoints()  # a stopped run is not resumed by a restart
         if live is not None and live.status.phase in STEERABLE_PHASES:
             live.stop()
             self._stopped = live
@@ -1082,9 +1090,7 @@ class PtychoReconstruction(Device):
         live = old.live
         if live is not None:
             live.stop()
-        if self._checkpoints is not None:
-            for run_uid in self._checkpoints.open_runs:
-                self._checkpoints.finish(run_uid)  # Reset drops the runs: nothing to resume
+        self._drop_checkpoints()  # Reset drops the runs: nothing to resume
         self._callback = self._new_callback()
         old.close(timeout=_JOIN_S)
         with self._wake:
