@@ -758,7 +758,7 @@ class LiveReconstruction:
             snap = self._publisher.make(
                 st,
                 patterns_received=self._staging.received,
-                patterns_in_use=self._engine.n_patterns,
+                patterns_in_use=self._patterns_in_use(),
                 phase=phase,
                 message=message,
             )

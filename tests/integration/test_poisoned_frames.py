@@ -159,6 +159,8 @@ def _live_run(ds, frames: np.ndarray, options: LiveOptions):
     live.submit(frames[half:], ds.positions_px[half:])
     live.finish()
     state = live.wait(120)
+    snap = live.latest()
+    assert snap is not None and snap.patterns_in_use == live.status.patterns_in_use
     return state, live.status
 
 
