@@ -167,6 +167,7 @@ def test_kill_9_mid_scan_resumes_the_run_and_counts_the_loss(
     assert on_disk >= 20
 
     # restart with the same property file (and so the same CheckpointDirectory)
+    t_restart = time.monotonic()
     again = tango_servers.start(
         zmq=zmq_proxy.out_address,
         db_file=server.db_file,
@@ -177,6 +178,7 @@ def test_kill_9_mid_scan_resumes_the_run_and_counts_the_loss(
     dev = again.proxy()
     assert wait_for(lambda: dev.state() in (DevState.RUNNING, DevState.STANDBY), timeout=30)
     recovered = dev.RecoveredPatterns
+    restart_s = time.monotonic() - t_restart
     assert recovered == on_disk, (recovered, on_disk, dev.status())
     status = dev.status()
     assert "RECOVERED" in status and f"{recovered} pattern(s) restored" in status, status
@@ -192,11 +194,12 @@ def test_kill_9_mid_scan_resumes_the_run_and_counts_the_loss(
     # every event after the restart arrived; the ones never used are those sent after the
     # last checkpointed pattern and before the restart (in flight at the kill, or sent while
     # the server was down)
-    real_lost = n - recovered - (n - first - down)
+    real_lost = n - on_disk - (n - first - down)  # on_disk: read by this test after the kill
     status = dev.status()
     print(
         f"kill -9 after {first} frames sent, {down} more while down: {recovered} recovered, "
-        f"{dev.FramesLost} reported lost (real {real_lost}), {dev.PatternsInUse} in use of {n}"
+        f"{dev.FramesLost} reported lost (real {real_lost}), {dev.PatternsInUse} in use of {n}; "
+        f"restart to resumed run {restart_s:.1f} s"
     )
     assert dev.FramesLost == real_lost >= down, status
     assert dev.PatternsInUse == n - real_lost, status
