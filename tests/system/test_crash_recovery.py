@@ -213,3 +213,31 @@ def test_kill_9_mid_scan_resumes_the_run_and_counts_the_loss(
     ), sorted(server.output_dir.iterdir())
     assert wait_for(lambda: read_checkpoints(checkpoints) == ([], []), timeout=30)
     tango_servers.stop(again)
+
+
+def test_a_lost_proxy_is_shown_in_status_and_feed_connected(
+    tango_servers: ServerFactory,
+) -> None:
+    """The proxy killed under an armed device: FeedConnected false and DISCONNECTED in Status;
+    the proxy back on the same ports: connected again."""
+    proxy = ProxyProcess()
+    proxy.start(timeout=30.0)
+    try:
+        server = tango_servers.start(zmq=proxy.out_address, extra=["--start"])
+        dev = server.proxy()
+        assert wait_for(lambda: dev.state() == DevState.STANDBY, timeout=30), dev.status()
+        assert wait_for(lambda: dev.FeedConnected, timeout=30), dev.status()
+        assert "DISCONNECTED" not in dev.status()
+        ports = (int(proxy.in_address.rsplit(":", 1)[1]), int(proxy.out_address.rsplit(":", 1)[1]))
+        proxy.stop()
+        assert wait_for(lambda: not dev.FeedConnected, timeout=30), dev.status()
+        status = dev.status()
+        assert "DISCONNECTED" in status and proxy.out_address.split("//")[-1] in status, status
+        assert "documents sent meanwhile are lost" in status
+        proxy = ProxyProcess(*ports)
+        proxy.start(timeout=30.0)
+        assert wait_for(lambda: dev.FeedConnected, timeout=30), dev.status()
+        assert "DISCONNECTED" not in dev.status()
+        tango_servers.stop(server)
+    finally:
+        proxy.stop()
