@@ -146,14 +146,13 @@ class DivergenceGuard:
     def ensure_good(self, engine: _Restorable) -> None:
         """Take the engine's state as the good one if there is none yet and it holds data.
 
-        An engine that makes its starting probe from the data (``prepare``) makes it first, so
-        that the good state has a probe to go back to.
+        A state without a probe yet (the engine makes it from the data at its first update) is
+        not taken: rolling back to it would leave the engine with a probe of zeros.
         """
         if self._good is None and engine.n_patterns:
-            prepare = getattr(engine, "prepare", None)
-            if callable(prepare):
-                prepare()
-            self._good = engine.state()
+            state = engine.state()
+            if np.any(state.probe):
+                self._good = state
 
     def check(
         self,
