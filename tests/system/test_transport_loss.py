@@ -329,11 +329,9 @@ def test_stop_lost_with_the_proxy_the_run_ends_by_idle_timeout(
     link.proxy.kill()
     assert wait_for(lambda: not link.feed.status.connected, timeout=10.0)
     link.publisher(*docs[-1])  # the stop goes nowhere
-    t0 = time.monotonic()
     run_ended(cb, uid)
     status = cb.status
-    assert time.monotonic() - t0 >= IDLE - 1.0  # ended by the idle timeout, not a stop
-    assert status.missing_stops == 1
+    assert status.missing_stops == 1  # ended by the idle timeout, not by a stop
     assert status.lost == 0 == 100 - status.frames_used
 
 
@@ -387,4 +385,4 @@ def test_burst_reported_loss_is_the_real_loss(
     )
     assert status.run_uid == uid
     assert status.lost == real
-    assert status.rejected == 0 or all("lost" not in r for r in status.reasons)
+    assert status.rejected == 0, status.reasons
