@@ -368,6 +368,10 @@ class PtychoCallback(event_model.DocumentRouter):
                 lost=run.lost if run else 0,
                 missing_stops=self._missing_stops,
                 open_runs=tuple(self._open),
+                lost_by_run={
+                    r.uid: r.lost for r in (*self._finished.values(), *self._open.values())
+                },
+                waiting=self._orphan_count,
             )
 
     def _message(self, run: _Run | None, pending: int) -> str:
@@ -625,7 +629,7 @@ class PtychoCallback(event_model.DocumentRouter):
         if not isinstance(uid, str) or not uid:
             raise _DocumentRejected("NO_UID", "descriptor without a uid")
         run_start = doc.get("run_start")
-        if run_start in self._ignored:
+        if self._is_ignored(run_start):
             self._ignored.add(uid)
             self._drop_orphans(uid)
             return
@@ -679,7 +683,7 @@ class PtychoCallback(event_model.DocumentRouter):
 
     def stop(self, doc: Mapping[str, Any]) -> None:
         run_start = doc.get("run_start")
-        if run_start in self._ignored:
+        if self._is_ignored(run_start):
             return
         run = self._run_named(run_start)
         if run is None:
@@ -719,10 +723,14 @@ class PtychoCallback(event_model.DocumentRouter):
             if n is not None and len(streams) == 1:
                 streams[0].expected = n
 
-    def _run_named(self, run_start: Any) -> _Run | None:
-        """The run a document names (open or recently finished); the latest open one when the
-        document names none (old documents without ``run_start``)."""
-        if run_start is None:
+    def _is_ignored(self, uid: Any) -> bool:
+        return isinstance(uid, str) and uid in self._ignored
+
+    def _run_named(self, run_start: Any, *, latest_if_none: bool = False) -> _Run | None:
+        """The run a document names (open or recently finished). With ``latest_if_none``, the
+        latest open run when the document names none (resources, whose ``run_start`` is
+        optional)."""
+        if run_start is None and latest_if_none:
             return next(reversed(self._open.values()), None) if self._open else None
         if not isinstance(run_start, str):
             return None
@@ -730,7 +738,7 @@ class PtychoCallback(event_model.DocumentRouter):
 
     def _no_run(self, run_start: Any) -> str:
         if run_start is None:
-            return "no run is open (document without its start)"
+            return "it names no run (no run_start) and no run is open to take it"
         return f"run_start {run_start!r} names no run received (its start is missing or unusable)"
 
     def _close_run(self, run: _Run, message: str) -> None:
@@ -891,11 +899,11 @@ class PtychoCallback(event_model.DocumentRouter):
     def _asset_run(self, doc: Mapping[str, Any], name: str) -> _Run | None:
         uid = doc.get("uid")
         run_start = doc.get("run_start")
-        if run_start in self._ignored:
+        if self._is_ignored(run_start):
             if isinstance(uid, str):
                 self._ignored.add(uid)
             return None
-        run = self._run_named(run_start)
+        run = self._run_named(run_start, latest_if_none=True)
         if run is None:
             raise _DocumentRejected("NO_RUN", self._no_run(run_start))
         self._handling = run
@@ -921,7 +929,7 @@ class PtychoCallback(event_model.DocumentRouter):
 
     def _owned(self, doc: Mapping[str, Any], ref_key: str, uid_key: str, name: str) -> _Run | None:
         ref = doc.get(ref_key)
-        if ref in self._ignored:
+        if self._is_ignored(ref):
             return None
         run = self._owner.get(ref) if isinstance(ref, str) else None
         if run is None:

@@ -280,6 +280,10 @@ class CallbackStatus:
         Runs finished by the idle timeout because their stop never came, over all runs.
     open_runs : tuple of str
         Start uids of the runs open now, oldest first.
+    lost_by_run : dict
+        ``lost`` of every run still known (open, and the last finished ones), by start uid.
+    waiting : int
+        Events held now because their descriptor has not arrived (yet).
     """
 
     documents: dict[str, int]
@@ -298,3 +302,5 @@ class CallbackStatus:
     lost: int = 0
     missing_stops: int = 0
     open_runs: tuple[str, ...] = ()
+    lost_by_run: dict[str, int] = field(default_factory=dict)
+    waiting: int = 0
