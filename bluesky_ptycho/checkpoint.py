@@ -39,6 +39,7 @@ from typing import Any, BinaryIO, Protocol
 import numpy as np
 
 __all__ = [
+    "FAILED_SUFFIX",
     "Checkpoint",
     "CheckpointWriter",
     "PatternLike",
@@ -53,6 +54,8 @@ RUN_FILE = "run.json"
 PATTERN_FILE = "patterns.bin"
 STATE_FILE = "state.npz"
 FORMAT = 1
+FAILED_SUFFIX = ".failed"
+"""A run directory renamed with this suffix could not be resumed; readers skip it."""
 
 _MAGIC = b"PTRC"
 # magic, CRC-32 of the payload, payload length
@@ -596,6 +599,8 @@ def read_checkpoints(directory: str | os.PathLike[str]) -> tuple[list[Checkpoint
     found: list[tuple[float, Checkpoint]] = []
     problems: list[str] = []
     for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+        if sub.name.endswith(FAILED_SUFFIX):
+            continue
         try:
             cp = read_checkpoint(sub)
         except ValueError as exc:

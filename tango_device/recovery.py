@@ -14,6 +14,7 @@ runs in the callback (``PtychoCallback.resume_run``).
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -23,7 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from bluesky_ptycho.checkpoint import Checkpoint, CheckpointWriter, read_checkpoints
+from bluesky_ptycho.checkpoint import (
+    FAILED_SUFFIX,
+    Checkpoint,
+    CheckpointWriter,
+    read_checkpoints,
+)
 
 __all__ = ["Recovered", "RunCheckpoints"]
 
@@ -238,7 +244,14 @@ class RunCheckpoints:
             try:
                 self._resume_one(cp, resume_run, record_type, replay_stop)
             except Exception as exc:
-                self._problem(f"resuming run {cp.run_uid} from its checkpoint failed", exc)
+                with self._lock:
+                    writer = self._writers.pop(cp.run_uid, None)
+                if writer is not None:
+                    writer.close()
+                kept = self._set_aside(cp.directory)
+                self._problem(
+                    f"resuming run {cp.run_uid} from its checkpoint failed (kept as {kept})", exc
+                )
         return list(self.recovered)
 
     def _resume_one(
@@ -271,6 +284,19 @@ class RunCheckpoints:
             with self._lock:
                 self._stopped.add(cp.run_uid)
             replay_stop(dict(cp.stop))
+
+    @staticmethod
+    def _set_aside(directory: Path) -> Path:
+        """Rename a checkpoint that cannot be resumed, so that the next start does not retry
+        it; its files stay for a person to look at."""
+        target = directory.with_name(directory.name + FAILED_SUFFIX)
+        try:
+            if target.exists():
+                shutil.rmtree(target, ignore_errors=True)
+            directory.rename(target)
+        except OSError:
+            return directory
+        return target
 
     def _problem(self, text: str, exc: BaseException) -> None:
         logger.exception("%s", text)

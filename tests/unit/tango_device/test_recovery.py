@@ -118,3 +118,21 @@ def test_a_run_the_callback_ignores_gets_no_checkpoint(
     cb = make_callback(options=OPTIONS, on_pattern=rc.on_pattern)  # no fallback setup
     doc_run(hand_over(rc, cb), md={"plan_name": "count"})
     assert rc.open_runs == () and read_checkpoints(tmp_path) == ([], [])
+
+
+def test_a_checkpoint_that_cannot_be_resumed_is_set_aside_and_reported(
+    tmp_path: Path, small_dataset: Any, doc_run: Any, make_callback: Any, callback_setup: Any
+) -> None:
+    rc1 = RunCheckpoints(tmp_path, lambda text: None)
+    cb1 = make_callback(callback_setup, options=OPTIONS, on_pattern=rc1.on_pattern)
+    run = doc_run(hand_over(rc1, cb1))
+    run.feed(small_dataset, range(5))
+    wait_used(cb1, 5)
+    notes: list[str] = []
+    rc2 = RunCheckpoints(tmp_path, notes.append)
+    cb2 = make_callback(options=OPTIONS)  # no fallback setup: this run cannot be reopened
+    assert rc2.resume(cb2, PatternRecord, lambda stop: None) == []
+    assert len(notes) == 1 and run.uid in notes[0] and ".failed" in notes[0]
+    assert (tmp_path / f"{run.uid}.failed").is_dir() and not (tmp_path / run.uid).exists()
+    assert read_checkpoints(tmp_path) == ([], [])  # not retried at the next start
+    assert rc2.open_runs == ()
