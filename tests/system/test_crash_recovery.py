@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import event_model
+import numpy as np
 import pytest
 import tango
 from tango import DevState
@@ -49,7 +50,9 @@ def wait_for(condition: Callable[[], bool], timeout: float = WAIT, interval: flo
         time.sleep(interval)
 
 
-def recorded_scan(ds: Any) -> tuple[list[tuple[str, dict]], list[dict], dict]:
+def recorded_scan(
+    ds: Any, probe_init: Any = None
+) -> tuple[list[tuple[str, dict]], list[dict], dict]:
     """Start + descriptor, every event, and the stop of the small dataset's scan."""
     g = ds.geometry
     setup = ScanSetup(
@@ -63,6 +66,7 @@ def recorded_scan(ds: Any) -> tuple[list[tuple[str, dict]], list[dict], dict]:
         nominal_positions_m=ds.nominal_positions_m,
         pattern="raster",
         margin_px=ds.preset.margin_px,
+        probe_init=probe_init,
     )
     n = ds.intensities.shape[0]
     run = event_model.compose_run(
@@ -241,3 +245,56 @@ def test_a_lost_proxy_is_shown_in_status_and_feed_connected(
         tango_servers.stop(server)
     finally:
         proxy.stop()
+
+
+def test_a_probe_init_file_outside_the_data_directories_is_refused_alike(
+    tango_servers: ServerFactory,
+    zmq_proxy: ProxyProcess,
+    publisher: Any,
+    small_dataset: Any,
+) -> None:
+    """start["ptycho"]["probe_init"] naming a file outside DataDirectories: that run is ignored
+    with one message whether the file exists or not (the device passes DataDirectories to the
+    callback as its probe directories)."""
+    import shutil
+    import tempfile
+
+    from bluesky_ptycho.engine.state import ReconstructionState
+    from bluesky_ptycho.io.result import write_result
+
+    outside = Path(tempfile.mkdtemp(prefix="ptycho-probe-outside-"))
+    try:
+        n = small_dataset.intensities.shape[-1]
+        write_result(
+            outside / "real.h5",
+            ReconstructionState(
+                object=np.ones((n, n), np.complex64),
+                probe=np.ones((n, n), np.complex64),
+                positions_px=np.zeros((0, 2)),
+            ),
+        )
+        server = tango_servers.start(zmq=zmq_proxy.out_address, extra=["--start"])
+        dev = server.proxy()
+        assert wait_for(lambda: dev.state() == DevState.STANDBY, timeout=30), dev.status()
+        warm_up(publisher, dev)
+        lines = {}
+        for name in ("real.h5", "missing.h5"):
+            head, events, stop = recorded_scan(small_dataset, probe_init=str(outside / name))
+            for doc_name, doc in head:
+                publisher(doc_name, doc)
+            publisher("event", events[0])
+            publisher("stop", stop)
+
+            def refusal(name: str = name) -> str:
+                found = [x for x in dev.status().splitlines() if name in x and "probe_init" in x]
+                return found[-1] if found else ""
+
+            assert wait_for(lambda: bool(refusal()), timeout=30), dev.status()
+            lines[name] = refusal().replace(name, "NAME").split("probe_init", 1)[1]
+        print(f"probe_init refusal: {lines}")
+        assert lines["real.h5"] == lines["missing.h5"], lines
+        assert "exist" not in lines["real.h5"]
+        assert dev.PatternsReceived == 0 and dev.ScanUid == ""  # both runs ignored
+        tango_servers.stop(server)
+    finally:
+        shutil.rmtree(outside, ignore_errors=True)
