@@ -1155,7 +1155,8 @@ class PtychoReconstruction(Device):
 
     @command(
         dtype_in=str,
-        doc_in="A CXI/HDF5 scan file, or a run uid in the Catalog property's databroker",
+        doc_in="A CXI/HDF5 scan file or scan directory inside DataDirectories, a run uid in the "
+        "Catalog property's databroker, or an http(s) URI of a run in a tiled server",
         doc_out="",
     )
     def Replay(self, source: str) -> None:
@@ -1230,8 +1231,8 @@ class PtychoReconstruction(Device):
 
     @command(
         dtype_in=str,
-        doc_in="A scan directory a detector is writing (Eiger master + data files, or chunk "
-        "files, plus a positions file and setup.json/yaml)",
+        doc_in="A scan directory inside DataDirectories that a detector is writing (Eiger "
+        "master + data files, or chunk files, plus a positions file and setup.json/yaml)",
         doc_out="",
     )
     def Follow(self, directory: str) -> None:
