@@ -154,6 +154,13 @@ def _parser() -> argparse.ArgumentParser:
         "server resumes them",
     )
     p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=None,
+        help="IdleTimeout: seconds without documents before a run whose stop never came is "
+        "finished and saved (default 300)",
+    )
+    p.add_argument(
         "--checkpoint-period",
         type=float,
         default=None,
@@ -431,6 +438,7 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
         "DataDirectories": args.data_dir,
         "CheckpointDirectory": args.checkpoint_dir,
         "CheckpointPeriod": args.checkpoint_period,
+        "IdleTimeout": args.idle_timeout,
     }
     tmp: str | None = None
     if args.db_file is None:

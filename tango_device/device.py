@@ -185,6 +185,12 @@ class PtychoReconstruction(Device):
         default_value=False,
         doc="Arm (as the Start command) when the device initialises.",
     )
+    IdleTimeout = device_property(
+        dtype=float,
+        default_value=300.0,
+        doc="Seconds without documents after which a run whose stop never came is finished "
+        "and saved (Status then says MISSING STOP).",
+    )
     CheckpointDirectory = device_property(
         dtype=str,
         default_value="",
@@ -318,6 +324,8 @@ class PtychoReconstruction(Device):
         accepted = inspect.signature(PtychoCallback).parameters
         if "probe_dirs" in accepted:
             extra["probe_dirs"] = self._data_dirs()
+        if "idle_timeout" in accepted and float(self.IdleTimeout) > 0:
+            extra["idle_timeout"] = float(self.IdleTimeout)
         if self._checkpoints is not None and "on_pattern" in accepted:
             extra["on_pattern"] = self._checkpoints.on_pattern
         return PtychoCallback(
