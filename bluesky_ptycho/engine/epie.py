@@ -417,6 +417,36 @@ class EPIE:
         self._lit_cache = None
         return new
 
+    def restart(self) -> None:
+        """Start over from an object of ones and a fresh starting probe; patterns stay.
+
+        For a state spoilt by data that was since excluded (e.g. the probe scaled to mean counts
+        that included a poisoned pattern). A probe made from the data (``"auto"`` or another
+        :class:`~bluesky_ptycho.probes.ProbeInit`) is made again at the next update from the
+        patterns in use; a given probe is kept in shape and scaled to their mean counts.
+        Counters and error history continue; the updates per pattern restart from 0.
+        """
+        xp = self._be.xp
+        self._object = self._asarray(xp.ones(self._object_shape), xp.complex64)
+        if self._probe is not None:
+            if self._probe_init is not None:
+                self._probe = None
+                self._auto_tried_at = 0
+            elif self._store is not None and len(self._store):
+                used = self._store.sums[: len(self._store)][~self.excluded]
+                counts = float(np.mean(used)) if used.size else 0.0
+                power = float(to_numpy(xp.sum(xp.abs(self._probe) ** 2)))
+                if counts > 0 and power > 0:
+                    self._probe = self._probe * np.float32(math.sqrt(counts / power))
+        if self._store is not None:
+            self._store.updates[:] = 0
+        self._momentum = None
+        self._since_momentum = 0
+        self._pass_order = np.zeros(0, dtype=np.int64)
+        self._pass_next = 0
+        self._kernel = None
+        self._last_error = float("nan")
+
     def pattern_residuals(self, indices: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """How far the current model is from each given pattern (one FFT per pattern).
 

@@ -23,6 +23,8 @@ from bluesky_ptycho.engine.state import ReconstructionState
 
 __all__ = ["DivergenceGuard", "GuardPolicy", "divergence"]
 
+_CULPRIT_MADS = 10.0  # a culprit's ratio lies this many MADs (in log10) above the median
+
 
 @dataclass(frozen=True)
 class GuardPolicy:
@@ -133,6 +135,9 @@ class DivergenceGuard:
         self._levels: deque[float] = deque(maxlen=int(self.policy.history))
         self._passes_seen = 0
         self._updates_seen = -1
+        self.model_scale = math.nan
+        """Median ratio of measured to predicted counts seen by the last :meth:`find_culprits`
+        (about 1 for a good model; far from 1 when the good state itself was spoilt)."""
 
     @property
     def good(self) -> ReconstructionState | None:
@@ -140,8 +145,12 @@ class DivergenceGuard:
         return self._good
 
     def mark_good(self, state: ReconstructionState) -> None:
-        """Remember ``state`` (not copied: treat it as read-only) as the one to roll back to."""
-        self._good = state
+        """Remember ``state`` (not copied: treat it as read-only) as the one to roll back to.
+
+        A state without a probe (none made yet) is ignored: see :meth:`ensure_good`.
+        """
+        if np.any(state.probe):
+            self._good = state
 
     def ensure_good(self, engine: _Restorable) -> None:
         """Take the engine's state as the good one if there is none yet and it holds data.
@@ -240,7 +249,9 @@ class DivergenceGuard:
         added), and a pattern is blamed when the ratio of its measured counts to the counts
         the good model predicts for it
         (:meth:`~bluesky_ptycho.engine.EPIE.pattern_residuals`) exceeds ``culprit_factor``
-        times the median ratio.
+        times the median ratio and lies 10 median absolute deviations (of ``log10``) above it
+        (a good state spoilt by the culprit predicts the other patterns poorly too). The
+        median ratio is kept in :attr:`model_scale`.
 
         Parameters
         ----------
@@ -286,12 +297,21 @@ class DivergenceGuard:
         _, counts, model = engine.pattern_residuals(np.concatenate([candidates, sample]))
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = np.where(model > 0, counts / model, np.where(counts > 0, np.inf, 1.0))
-        median = float(np.median(ratio))
-        if not (math.isfinite(median) and median > 0):
+        self.model_scale = math.nan
+        positive = ratio[(ratio > 0) & np.isfinite(ratio)]
+        if positive.size < max(3, ratio.size // 2):
             return []
-        scores = ratio[: candidates.size] / median
+        logs = np.log10(positive)
+        centre = float(np.median(logs))
+        self.model_scale = 10.0**centre
+        # blamed: far above the others, by a factor and by the spread of the others' ratios
+        mad = float(np.median(np.abs(logs - centre))) * 1.4826
+        threshold = max(math.log10(pol.culprit_factor), _CULPRIT_MADS * mad)
+        with np.errstate(divide="ignore"):
+            log_scores = np.log10(ratio[: candidates.size]) - centre
+        scores = 10.0**log_scores
         out: list[tuple[int, str]] = []
-        for j in np.flatnonzero(scores > pol.culprit_factor).tolist():
+        for j in np.flatnonzero(log_scores > threshold).tolist():
             out.append(
                 (
                     int(candidates[j]),

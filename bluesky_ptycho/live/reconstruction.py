@@ -648,13 +648,25 @@ class LiveReconstruction:
             if req.pause:
                 self._idle(Phase.PAUSED)
                 continue
-            self._guard.ensure_good(self._engine)
+            self._ensure_good(int(self._pacer.policy.min_patterns))
             err = self._pacer.run_chunk()
             if err is None:  # nothing to do under the policy
                 self._idle(Phase.WAITING)
                 continue
             self._set_phase(Phase.RUNNING)
             self._after_chunk(err)
+
+    def _ensure_good(self, min_patterns: int) -> None:
+        """Give the guard a state to roll back to, with a probe, before the first update.
+
+        The starting probe is made now (as the first update would make it, from the same
+        patterns) once ``min_patterns`` are held, so that a divergence in the very first chunks
+        can be rolled back and its culprit found.
+        """
+        if self._guard.good is not None or self._engine.n_patterns < max(1, min_patterns):
+            return
+        self._engine.prepare()
+        self._guard.ensure_good(self._engine)
 
     def _idle(self, phase: Phase, fault: str | None = None) -> None:
         """Publish pending changes when due and sleep until woken (or a publish falls due)."""
@@ -715,6 +727,15 @@ class LiveReconstruction:
             self._engine.exclude([j for j, _ in culprits])
             which = ", ".join(str(j) for j, _ in culprits)
             reason = f"{reason}; removed pattern(s) {which}, the update diverged with them"
+            scale = self._guard.model_scale
+            factor = float(self._guard.policy.culprit_factor)
+            if not (1.0 / factor <= scale <= factor):
+                # the good state was made with the culprit (e.g. the probe scaled to its counts)
+                self._engine.restart()
+                reason += (
+                    f"; the good state predicted {1 / scale:.3g} times the measured counts, "
+                    "so the reconstruction restarted from an object of ones and a fresh probe"
+                )
             st = self._engine.state(validation=False)
         else:
             reason += "; resume() to continue"
@@ -772,7 +793,7 @@ class LiveReconstruction:
             fault = self._fault  # finish() does not clear a fault: it stays in the status
         self._set_phase(Phase.FINISHING, fault)
         engine = self._engine
-        self._guard.ensure_good(engine)
+        self._ensure_good(1)
         # an unfinished pass (it may miss the newest patterns) is completed first
         remaining = passes + (1 if self._pacer.pass_open else 0) if passes > 0 else 0
         # The last quarter of the final passes (at least 2) uses every pattern, the held-out

@@ -201,3 +201,43 @@ def test_a_diverged_update_removes_the_frame_behind_it(small_dataset):
     assert object_error(state.object, ds.object, region=region) > 1.1 * clean_err
     assert status.removed == 0 and status.faults
     assert status.fault is not None and status.fault.startswith("divergence:")
+
+
+@pytest.mark.parametrize(
+    ("factor", "fault"),
+    [
+        (1e30, r"divergence: the object has \d+ NaN or infinite values"),
+        (2.0**40, r"divergence: the Fourier error jumped to \S+, \S+ times its recent level"),
+        (1000.0, r"divergence: the Fourier error jumped to \S+, \S+ times its recent level"),
+    ],
+)
+def test_the_guard_alone_removes_a_frame_from_the_first_updates(small_dataset, factor, fault):
+    """No quarantine and no iteration before the final passes: the first chunks diverge.
+
+    The state to roll back to was already made with the poisoned frame (the starting probe is
+    scaled to mean counts that include it): the reconstruction restarts without it.
+    """
+    ds = small_dataset
+    region = illuminated_region(ds.probe, ds.positions_px, ds.object.shape, threshold=0.3)
+    options = LiveOptions(
+        epie=EPIEOptions(seed=0),
+        pacing=PacingPolicy(passes_per_batch=0),
+        final_passes=40,
+        quarantine=QuarantinePolicy(enabled=False),
+    )
+    errors = []
+    for poison in (False, True):
+        images = ds.intensities.copy()
+        if poison:
+            images[POISONED] *= factor
+        live = LiveReconstruction(ds.object.shape, images.shape[1:], options=options)
+        live.submit(images, ds.positions_px)
+        live.finish()
+        state = live.wait(120)
+        errors.append(object_error(state.object, ds.object, region=region))
+    status = live.status
+    assert errors[1] < 1.1 * errors[0], errors
+    assert status.phase == "finished" and status.removed == 1
+    assert status.removal_reasons[0].startswith(f"pattern {POISONED}: ")
+    assert re.match(fault, status.faults[0]), status.faults
+    assert status.faults[0].endswith("restarted from an object of ones and a fresh probe")

@@ -100,3 +100,34 @@ def test_bad_indices_raise(small_dataset):
     with pytest.raises(ValueError, match="pattern indices"):
         engine.pattern_residuals([ds.n_patterns + 3])
     assert not engine.excluded.any()
+
+
+def test_restart_starts_over_without_the_excluded_patterns(small_dataset):
+    ds = small_dataset
+    poisoned = ds.intensities.copy()
+    poisoned[POISONED] *= 1000
+    engine = _engine(ds, poisoned)
+    engine.iterate(3)  # the probe is scaled to mean counts that include the poisoned pattern
+    spoilt_power = float(np.sum(np.abs(engine.state().probe) ** 2))
+    engine.exclude([POISONED])
+    engine.restart()
+    st = engine.state()
+    assert np.all(st.object == 1) and not np.any(st.probe)  # the probe is made again...
+    assert st.iteration == 3 and not st.updates_per_pattern.any()
+    engine.iterate(30)  # ... at the next update, from the patterns in use
+    power = float(np.sum(np.abs(engine.state().probe) ** 2))
+    mean_clean = float(np.mean(np.delete(ds.intensities, POISONED, axis=0).sum(axis=(1, 2))))
+    assert power == pytest.approx(mean_clean, rel=0.02) and spoilt_power > 5 * mean_clean
+    clean = _engine(ds, ds.intensities)
+    clean.iterate(30)
+    assert _error(ds, engine) < 1.1 * _error(ds, clean)
+
+
+def test_restart_rescales_a_given_probe(small_dataset):
+    ds = small_dataset
+    probe = ds.probe * 3.0  # nine times the power of the counts
+    engine = EPIE(ds.object.shape, probe=probe, options=EPIEOptions(seed=0, probe_power=False))
+    engine.add(ds.intensities, ds.positions_px)
+    engine.restart()
+    power = float(np.sum(np.abs(engine.state().probe) ** 2))
+    assert power == pytest.approx(float(np.mean(ds.intensities.sum(axis=(1, 2)))), rel=1e-3)
