@@ -19,8 +19,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,24 +27,25 @@ import event_model
 import numpy as np
 
 from bluesky_ptycho.engine.state import ReconstructionState
-from bluesky_ptycho.geometry import ObjectFrame
-from bluesky_ptycho.io.assets import AssetError, AssetRegistry, DatumLocator, StreamLocator
-from bluesky_ptycho.io.hdf5 import ReadCause
-from bluesky_ptycho.io.result import write_result
-from bluesky_ptycho.live import (
-    LiveOptions,
-    LiveReconstruction,
-    Snapshot,
-    lower_thread_priority,
-)
-from bluesky_ptycho.preprocess import PreprocessConfig, preprocess
+from bluesky_ptycho.frame_work import FrameWork
+from bluesky_ptycho.io.assets import AssetError, AssetRegistry
+from bluesky_ptycho.live import LiveOptions, LiveReconstruction, Snapshot
 from bluesky_ptycho.probes import ProbeInit
+from bluesky_ptycho.run_state import (
+    BoundedSet,
+    DocumentRejected,
+    HeldEvent,
+    Run,
+    cause_key,
+    progress_note,
+    unpack_event_page,
+    where,
+)
 from bluesky_ptycho.runs import (
     CallbackStatus,
     PatternRecord,
     Rejection,
     RejectionTally,
-    ShapeVote,
     StreamCount,
     count_worth_logging,
     usable_seq_num,
@@ -75,106 +75,7 @@ _HANDLED = frozenset(
 )
 
 
-class _FrameRejected(ValueError):
-    """A frame fails one of the callback's own checks; ``cause`` groups such frames."""
-
-    def __init__(self, cause: str | ReadCause, message: str) -> None:
-        super().__init__(message)
-        self.cause = cause
-
-
-class _DocumentRejected(ValueError):
-    """A document is refused by a handler; ``cause`` groups such documents."""
-
-    def __init__(self, cause: str, message: str) -> None:
-        super().__init__(message)
-        self.cause = cause
-
-
-def _cause_key(exc: BaseException) -> str | None:
-    cause = getattr(exc, "cause", None)
-    if isinstance(cause, ReadCause):
-        return cause.name
-    return cause if isinstance(cause, str) and cause else None
-
-
-class _BoundedSet:
-    """A set that forgets its oldest members beyond ``size``."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._items: collections.OrderedDict[str, None] = collections.OrderedDict()
-
-    def add(self, item: str) -> None:
-        self._items[item] = None
-        while len(self._items) > self.size:
-            self._items.popitem(last=False)
-
-    def __contains__(self, item: object) -> bool:
-        return item in self._items
-
-
-@dataclass
-class _Run:
-    """One run being reconstructed: its setup, reconstruction, assets and counters."""
-
-    uid: str
-    setup: ScanSetup
-    live: LiveReconstruction
-    start_doc: Mapping[str, Any]
-    assets: AssetRegistry
-    object_frame: ObjectFrame | None = None
-    descriptors: dict[str, Mapping[str, Any]] = field(default_factory=dict)
-    streams: dict[str, StreamCount] = field(default_factory=dict)
-    detector_shape: tuple[int, ...] | None = None
-    shape_vote: ShapeVote = field(default_factory=ShapeVote)
-    preprocess: PreprocessConfig | None = None
-    event_uids: set[str] = field(default_factory=set)
-    event_seqs: set[tuple[str, int]] = field(default_factory=set)
-    doc_uids: set[str] = field(default_factory=set)  # descriptors, resources, datums...
-    keys_seen: set[str] = field(default_factory=set)  # data keys of all its descriptors
-    key_reported: bool = False
-    frames_received: int = 0
-    frames_used: int = 0
-    frames_queued: int = 0
-    frames_processed: int = 0
-    rejected: int = 0
-    recovered: int = 0
-    duplicates: int = 0
-    last_activity: float = field(default_factory=time.monotonic)
-    stopped: bool = False
-    missing_stop: bool = False
-    exit_status: str | None = None
-    closed: bool = False
-    done: threading.Event = field(default_factory=threading.Event)
-    result: ReconstructionState | None = None
-    result_path: Path | None = None
-    message: str = ""
-
-    @property
-    def lost(self) -> int:
-        return sum(s.lost for s in self.streams.values())
-
-    @property
-    def key_seen(self) -> bool:
-        return self.setup.detector_key in self.keys_seen
-
-    def key_note(self) -> str:
-        return (
-            f"detector_key {self.setup.detector_key!r} is in no descriptor of run "
-            f"{self.uid[:8]}; data keys seen: {sorted(self.keys_seen)}"
-        )
-
-
-@dataclass
-class _Held:
-    """An event that arrived before its descriptor."""
-
-    since: float
-    doc: Mapping[str, Any]
-
-
-class PtychoCallback(event_model.DocumentRouter):
+class PtychoCallback(FrameWork, event_model.DocumentRouter):
     """Reconstruct every run it receives, live.
 
     Parameters
@@ -270,15 +171,15 @@ class PtychoCallback(event_model.DocumentRouter):
         self._runs = 0
         self._duplicates = 0
         self._missing_stops = 0
-        self._open: dict[str, _Run] = {}
-        self._finished: collections.OrderedDict[str, _Run] = collections.OrderedDict()
-        self._current: _Run | None = None  # the latest started run
-        self._owner: dict[str, _Run] = {}  # descriptor, resource, stream_resource uid -> run
-        self._ignored = _BoundedSet(_KEEP_IGNORED)  # uids of ignored runs and their documents
+        self._open: dict[str, Run] = {}
+        self._finished: collections.OrderedDict[str, Run] = collections.OrderedDict()
+        self._current: Run | None = None  # the latest started run
+        self._owner: dict[str, Run] = {}  # descriptor, resource, stream_resource uid -> run
+        self._ignored = BoundedSet(_KEEP_IGNORED)  # uids of ignored runs and their documents
         self._dead: dict[str, str] = {}  # descriptor uid -> why its events cannot be used
-        self._orphans: collections.OrderedDict[str, list[_Held]] = collections.OrderedDict()
+        self._orphans: collections.OrderedDict[str, list[HeldEvent]] = collections.OrderedDict()
         self._orphan_count = 0
-        self._handling: _Run | None = None  # the run of the document being handled
+        self._handling: Run | None = None  # the run of the document being handled
         self._jobs: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self._worker = threading.Thread(target=self._work, name="ptycho-callback", daemon=True)
         self._worker.start()
@@ -374,7 +275,7 @@ class PtychoCallback(event_model.DocumentRouter):
                 waiting=self._orphan_count,
             )
 
-    def _message(self, run: _Run | None, pending: int) -> str:
+    def _message(self, run: Run | None, pending: int) -> str:
         if run is None:
             return "waiting for a run"
         message = f"run {run.uid[:8]}: {run.frames_used}/{run.frames_received} frames used"
@@ -393,7 +294,7 @@ class PtychoCallback(event_model.DocumentRouter):
             message += f"; {run.key_note()}"
         if run.message:
             message += f"; {run.message}"
-        return message + _progress_note(run, pending)
+        return message + progress_note(run, pending)
 
     def close(self, timeout: float | None = 10) -> None:
         """Stop the background threads (after finishing queued work)."""
@@ -478,7 +379,7 @@ class PtychoCallback(event_model.DocumentRouter):
                     doc,
                     f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError) else str(exc),
                     run=self._handling,
-                    cause=_cause_key(exc),
+                    cause=cause_key(exc),
                     exc_info=not isinstance(exc, (AssetError, ValueError)),
                 )
             finally:
@@ -487,9 +388,9 @@ class PtychoCallback(event_model.DocumentRouter):
 
     def _handle(self, name: str, doc: Any) -> None:
         if not isinstance(doc, Mapping):
-            raise _DocumentRejected("NOT_A_DICT", f"not a document: {type(doc).__name__}")
+            raise DocumentRejected("NOT_A_DICT", f"not a document: {type(doc).__name__}")
         if name not in _HANDLED:
-            raise _DocumentRejected("UNKNOWN_NAME", f"unknown document name {name!r}")
+            raise DocumentRejected("UNKNOWN_NAME", f"unknown document name {name!r}")
         getattr(self, name)(doc)
 
     def _reject(
@@ -498,14 +399,14 @@ class PtychoCallback(event_model.DocumentRouter):
         doc: Any,
         reason: str,
         *,
-        run: _Run | None = None,
+        run: Run | None = None,
         cause: str | None = None,
         exc_info: bool = False,
     ) -> None:
         seq = usable_seq_num(doc.get("seq_num")) if isinstance(doc, Mapping) else None
         self._record(
             run,
-            f"{_where(name, doc)}: {reason}",
+            f"{where(name, doc)}: {reason}",
             cause or f"{name}: {reason}",
             seq,
             exc_info=exc_info,
@@ -513,7 +414,7 @@ class PtychoCallback(event_model.DocumentRouter):
 
     def _record(
         self,
-        run: _Run | None,
+        run: Run | None,
         text: str,
         cause: str,
         seq_num: int | None,
@@ -538,20 +439,20 @@ class PtychoCallback(event_model.DocumentRouter):
         else:
             logger.debug("rejected %s", text)
 
-    def _duplicate(self, name: str, doc: Mapping[str, Any], run: _Run | None) -> None:
+    def _duplicate(self, name: str, doc: Mapping[str, Any], run: Run | None) -> None:
         self._duplicates += 1
         if run is not None:
             run.duplicates += 1
             run.last_activity = time.monotonic()
         logger.debug(
-            "%s received again: not used (%d duplicates)", _where(name, doc), self._duplicates
+            "%s received again: not used (%d duplicates)", where(name, doc), self._duplicates
         )
 
     # ----------------------------------------------------------------- runs
     def start(self, doc: Mapping[str, Any]) -> None:
         uid = doc.get("uid")
         if not isinstance(uid, str) or not uid:
-            raise _DocumentRejected(
+            raise DocumentRejected(
                 "START_WITHOUT_UID", "start document without a uid: ignored, no open run affected"
             )
         if uid in self._open or uid in self._finished or uid in self._ignored:
@@ -563,7 +464,7 @@ class PtychoCallback(event_model.DocumentRouter):
             self._ignored.add(uid)
             self._reject("start", doc, f"run ignored: {exc}", cause=f"run ignored: {exc}")
 
-    def _open_run(self, doc: Mapping[str, Any], probe_override: Any = None) -> _Run:
+    def _open_run(self, doc: Mapping[str, Any], probe_override: Any = None) -> Run:
         """Make a run from its start document; ValueError/OSError if it cannot be used."""
         uid = str(doc["uid"])
         if START_KEY in doc:
@@ -586,9 +487,7 @@ class PtychoCallback(event_model.DocumentRouter):
         for fn in self._observers:
             live.add_observer(fn)
         assets = AssetRegistry(self.assets.handlers, self.assets.root_map)
-        run = _Run(
-            uid=uid, setup=setup, live=live, start_doc=doc, assets=assets, object_frame=frame
-        )
+        run = Run(uid=uid, setup=setup, live=live, start_doc=doc, assets=assets, object_frame=frame)
         self._open[uid] = run
         self._current = run
         self._runs += 1
@@ -627,7 +526,7 @@ class PtychoCallback(event_model.DocumentRouter):
     def descriptor(self, doc: Mapping[str, Any]) -> None:
         uid = doc.get("uid")
         if not isinstance(uid, str) or not uid:
-            raise _DocumentRejected("NO_UID", "descriptor without a uid")
+            raise DocumentRejected("NO_UID", "descriptor without a uid")
         run_start = doc.get("run_start")
         if self._is_ignored(run_start):
             self._ignored.add(uid)
@@ -637,7 +536,7 @@ class PtychoCallback(event_model.DocumentRouter):
         if run is None:
             reason = self._no_run(run_start)
             self._dead[uid] = reason
-            raise _DocumentRejected("NO_RUN", reason)
+            raise DocumentRejected("NO_RUN", reason)
         self._handling = run
         if uid in run.doc_uids:
             self._duplicate("descriptor", doc, run)
@@ -645,7 +544,7 @@ class PtychoCallback(event_model.DocumentRouter):
         if run.closed:
             reason = f"its run {run.uid[:8]} has already ended"
             self._dead[uid] = reason
-            raise _DocumentRejected("RUN_ENDED", reason)
+            raise DocumentRejected("RUN_ENDED", reason)
         run.doc_uids.add(uid)
         run.last_activity = time.monotonic()
         run.descriptors[uid] = doc
@@ -676,7 +575,7 @@ class PtychoCallback(event_model.DocumentRouter):
                     held.doc,
                     str(exc),
                     run=run,
-                    cause=_cause_key(exc),
+                    cause=cause_key(exc),
                     exc_info=not isinstance(exc, (AssetError, ValueError)),
                 )
         self._handling = run
@@ -687,7 +586,7 @@ class PtychoCallback(event_model.DocumentRouter):
             return
         run = self._run_named(run_start)
         if run is None:
-            raise _DocumentRejected("NO_RUN", self._no_run(run_start))
+            raise DocumentRejected("NO_RUN", self._no_run(run_start))
         self._handling = run
         if run.stopped:
             self._duplicate("stop", doc, run)
@@ -713,7 +612,7 @@ class PtychoCallback(event_model.DocumentRouter):
         self._close_run(run, message)
 
     @staticmethod
-    def _expect(run: _Run, num_events: Any) -> None:
+    def _expect(run: Run, num_events: Any) -> None:
         """Take the stop's ``num_events`` per stream as the number of events each should have."""
         if not isinstance(num_events, Mapping):
             return
@@ -726,7 +625,7 @@ class PtychoCallback(event_model.DocumentRouter):
     def _is_ignored(self, uid: Any) -> bool:
         return isinstance(uid, str) and uid in self._ignored
 
-    def _run_named(self, run_start: Any, *, latest_if_none: bool = False) -> _Run | None:
+    def _run_named(self, run_start: Any, *, latest_if_none: bool = False) -> Run | None:
         """The run a document names (open or recently finished). With ``latest_if_none``, the
         latest open run when the document names none (resources, whose ``run_start`` is
         optional)."""
@@ -741,7 +640,7 @@ class PtychoCallback(event_model.DocumentRouter):
             return "it names no run (no run_start) and no run is open to take it"
         return f"run_start {run_start!r} names no run received (its start is missing or unusable)"
 
-    def _close_run(self, run: _Run, message: str) -> None:
+    def _close_run(self, run: Run, message: str) -> None:
         run.message = message
         run.closed = True
         self._open.pop(run.uid, None)
@@ -758,7 +657,7 @@ class PtychoCallback(event_model.DocumentRouter):
         return doc
 
     def event_page(self, doc: Any) -> Any:
-        for row in _unpack_event_page(doc):
+        for row in unpack_event_page(doc):
             try:
                 self._handle_event(row)
             except Exception as exc:  # one bad row is one rejected event
@@ -767,7 +666,7 @@ class PtychoCallback(event_model.DocumentRouter):
                     row,
                     str(exc),
                     run=self._handling,
-                    cause=_cause_key(exc),
+                    cause=cause_key(exc),
                     exc_info=not isinstance(exc, (AssetError, ValueError)),
                 )
         return doc
@@ -776,13 +675,13 @@ class PtychoCallback(event_model.DocumentRouter):
         self._handling = None
         desc = doc.get("descriptor")
         if not isinstance(desc, str):
-            raise _DocumentRejected("NO_DESCRIPTOR", f"event without a descriptor uid ({desc!r})")
+            raise DocumentRejected("NO_DESCRIPTOR", f"event without a descriptor uid ({desc!r})")
         if desc in self._ignored:
             return
         run = self._owner.get(desc)
         if run is None:
             if desc in self._dead:
-                raise _DocumentRejected(
+                raise DocumentRejected(
                     "NO_RUN", f"descriptor {desc!r} was not used: {self._dead[desc]}"
                 )
             self._hold(desc, doc)
@@ -796,7 +695,7 @@ class PtychoCallback(event_model.DocumentRouter):
             self._duplicate("event", doc, run)
             return
         if run.closed:
-            raise _DocumentRejected(
+            raise DocumentRejected(
                 "RUN_ENDED",
                 f"its run {run.uid[:8]} has already ended"
                 + (" (finished by the idle timeout)" if run.missing_stop else ""),
@@ -811,7 +710,7 @@ class PtychoCallback(event_model.DocumentRouter):
         self._use_event(run, doc, desc, seq, stream)
 
     def _use_event(
-        self, run: _Run, doc: Mapping[str, Any], desc: str, seq: int | None, stream: StreamCount
+        self, run: Run, doc: Mapping[str, Any], desc: str, seq: int | None, stream: StreamCount
     ) -> None:
         setup = run.setup
         key = setup.detector_key
@@ -829,16 +728,16 @@ class PtychoCallback(event_model.DocumentRouter):
             return
         data = doc.get("data")
         if not isinstance(data, Mapping):
-            raise _DocumentRejected("NO_DATA", "event data is not a dict")
+            raise DocumentRejected("NO_DATA", "event data is not a dict")
         missing = [k for k in setup.position_keys if k not in data]
         if missing:
-            raise _DocumentRejected(
+            raise DocumentRejected(
                 "POSITION_MISSING", f"position key(s) {missing} missing from event data"
             )
         try:
             readbacks = [float(data[k]) for k in setup.position_keys]
         except (TypeError, ValueError):
-            raise _DocumentRejected(
+            raise DocumentRejected(
                 "POSITION_NOT_NUMBER",
                 f"position readbacks are not numbers: {[data[k] for k in setup.position_keys]!r}",
             ) from None
@@ -854,25 +753,27 @@ class PtychoCallback(event_model.DocumentRouter):
             source = run.assets.locate_datum(str(data[key]))
         elif external.startswith("STREAM"):
             if seq is None:
-                raise _DocumentRejected(
+                raise DocumentRejected(
                     "SEQ_NUM",
                     f"seq_num {doc.get('seq_num')!r} is not a usable sequence number, and a "
                     "stream frame is found by it",
                 )
             source = run.assets.locate_stream(desc, key, seq)
         else:
-            raise _DocumentRejected(
+            raise DocumentRejected(
                 "DETECTOR_MISSING", f"detector key {key!r} missing from event data"
             )
         run.frames_queued += 1
-        self._jobs.put(("frame", run, _where("event", doc), seq, desc, source, readbacks))
+        self._jobs.put(("frame", run, where("event", doc), seq, desc, source, readbacks))
 
     def _hold(self, desc: str, doc: Mapping[str, Any]) -> None:
         """Keep an event whose descriptor has not arrived (bounded; the oldest goes first)."""
         if self.max_orphans == 0:
-            self._reject_orphan(_Held(time.monotonic(), doc), desc, "no descriptor yet, none held")
+            self._reject_orphan(
+                HeldEvent(time.monotonic(), doc), desc, "no descriptor yet, none held"
+            )
             return
-        self._orphans.setdefault(desc, []).append(_Held(time.monotonic(), doc))
+        self._orphans.setdefault(desc, []).append(HeldEvent(time.monotonic(), doc))
         self._orphan_count += 1
         while self._orphan_count > self.max_orphans:
             oldest_desc = next(iter(self._orphans))
@@ -884,7 +785,7 @@ class PtychoCallback(event_model.DocumentRouter):
                 held, oldest_desc, f"more than {self.max_orphans} events waited for descriptors"
             )
 
-    def _reject_orphan(self, held: _Held, desc: str, why: str) -> None:
+    def _reject_orphan(self, held: HeldEvent, desc: str, why: str) -> None:
         self._reject(
             "event",
             held.doc,
@@ -896,7 +797,7 @@ class PtychoCallback(event_model.DocumentRouter):
         self._orphan_count -= len(self._orphans.pop(desc, []))
 
     # ----------------------------------------------------------------- assets
-    def _asset_run(self, doc: Mapping[str, Any], name: str) -> _Run | None:
+    def _asset_run(self, doc: Mapping[str, Any], name: str) -> Run | None:
         uid = doc.get("uid")
         run_start = doc.get("run_start")
         if self._is_ignored(run_start):
@@ -905,10 +806,10 @@ class PtychoCallback(event_model.DocumentRouter):
             return None
         run = self._run_named(run_start, latest_if_none=True)
         if run is None:
-            raise _DocumentRejected("NO_RUN", self._no_run(run_start))
+            raise DocumentRejected("NO_RUN", self._no_run(run_start))
         self._handling = run
         if not isinstance(uid, str) or not uid:
-            raise _DocumentRejected("NO_UID", f"{name} without a uid")
+            raise DocumentRejected("NO_UID", f"{name} without a uid")
         if uid in run.doc_uids:
             self._duplicate(name, doc, run)
             return None
@@ -927,7 +828,7 @@ class PtychoCallback(event_model.DocumentRouter):
         if run is not None:
             run.assets.add_stream_resource(doc)
 
-    def _owned(self, doc: Mapping[str, Any], ref_key: str, uid_key: str, name: str) -> _Run | None:
+    def _owned(self, doc: Mapping[str, Any], ref_key: str, uid_key: str, name: str) -> Run | None:
         ref = doc.get(ref_key)
         if self._is_ignored(ref):
             return None
@@ -998,270 +899,3 @@ class PtychoCallback(event_model.DocumentRouter):
                     )
                 if not held_list:
                     del self._orphans[desc]
-
-    # ----------------------------------------------------------------- background work
-    def _work(self) -> None:
-        lower_thread_priority(max(0, int(self.options.worker_nice) // 2))
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            try:
-                if job[0] == "frame":
-                    self._ingest(*job[1:])
-                else:
-                    self._finish(job[1])
-            except Exception:  # keep the worker alive whatever happens
-                logger.exception("ptycho callback worker failed on %s", job[0])
-
-    def _ingest(
-        self,
-        run: _Run,
-        where: str,
-        seq_num: int | None,
-        desc: str,
-        source: Any,
-        readbacks: list[float],
-    ) -> None:
-        item: tuple[Any, ...] = (where, seq_num, desc, None, readbacks)
-        try:
-            if isinstance(source, (DatumLocator, StreamLocator)):
-                raw = run.assets.read(source)
-            else:
-                raw = source
-            raw = np.asarray(raw)
-            while raw.ndim > 2 and raw.shape[0] == 1:
-                raw = raw[0]
-            if raw.ndim != 2:
-                raise _FrameRejected(
-                    "NOT_2D", f"frame has shape {raw.shape}, expected a 2-D detector image"
-                )
-            item = (where, seq_num, desc, raw, readbacks)
-            if run.detector_shape is None:
-                decided = run.shape_vote.add(tuple(raw.shape), item)
-                if decided is not None:
-                    self._settle_shape(run, decided)
-                return
-        except Exception as exc:
-            self._frame_failed(run, item, exc)
-            return
-        self._use(run, item)
-
-    def _settle_shape(self, run: _Run, shape: tuple[int, ...]) -> None:
-        """Fix the run's detector shape and use (or reject) the frames held for the vote."""
-        run.detector_shape = shape
-        held = run.shape_vote.release()
-        if len(held) > 1:
-            logger.info(
-                "run %s: detector shape %s agreed by the first frames (the descriptor gives none)",
-                run.uid[:8],
-                shape,
-            )
-        for item in held:
-            self._use(run, item)
-
-    def _frame_failed(self, run: _Run, item: tuple[Any, ...], exc: BaseException) -> None:
-        where, seq_num = item[0], item[1]
-        try:
-            if isinstance(exc, (AssetError, ValueError)):
-                self._record(run, f"{where}: {exc}", _cause_key(exc) or str(exc), seq_num)
-            else:  # a handler's own error type, a bad array...: still one item
-                self._record(
-                    run,
-                    f"{where}: {type(exc).__name__}: {exc}",
-                    _cause_key(exc) or type(exc).__name__,
-                    seq_num,
-                    exc_info=True,
-                )
-        finally:
-            with self._lock:
-                run.frames_processed += 1
-
-    def _use(self, run: _Run, item: tuple[Any, ...]) -> None:
-        _, seq_num, desc, raw, readbacks = item
-        try:
-            if tuple(raw.shape) != tuple(run.detector_shape or raw.shape):
-                cause = ReadCause.SHAPE_CHANGED
-                raise _FrameRejected(
-                    cause,
-                    f"frame shape {tuple(raw.shape)} differs from the detector's "
-                    f"{tuple(run.detector_shape or ())}: {cause.summary}. Fix: {cause.fix}",
-                )
-            if run.preprocess is None:
-                run.preprocess = run.setup.preprocess_config(raw_shape=raw.shape)
-            config = run.preprocess
-            if not np.issubdtype(raw.dtype, np.number) or np.iscomplexobj(raw):
-                raise _FrameRejected("DTYPE", f"frame dtype {raw.dtype} is not a real number type")
-            bad = ~np.isfinite(raw) if raw.dtype.kind == "f" else None
-            if bad is not None and config.mask is not None:
-                bad &= ~config.mask
-            if bad is not None and bad.any():
-                raise _FrameRejected(
-                    "NONFINITE", f"frame has {int(bad.sum())} NaN or infinite pixel(s)"
-                )
-            out = preprocess(raw, config)
-            pos_m = run.setup.positions_m(np.asarray(readbacks)[None])
-            object_frame = run.object_frame
-            assert object_frame is not None
-            pos_px = object_frame.to_pixels(pos_m)
-            if not object_frame.contains(pos_px)[0]:
-                raise _FrameRejected(
-                    "OUTSIDE_OBJECT",
-                    f"position {readbacks} (readback units) lies outside the object frame "
-                    f"fixed from the nominal scan",
-                )
-            index = run.live.submit(out.intensities, pos_px, out.mask)
-        except Exception as exc:
-            self._frame_failed(run, item, exc)
-            return
-        with self._lock:
-            run.frames_used += 1
-            run.frames_processed += 1
-        mask = None if out.mask is None else out.mask[0]
-        self._call_hooks(run, desc, seq_num, index, out.intensities[0], mask, pos_px[0])
-
-    def _call_hooks(
-        self,
-        run: _Run,
-        desc: str,
-        seq_num: int | None,
-        index: int,
-        intensities: np.ndarray,
-        mask: np.ndarray | None,
-        pos_px: np.ndarray,
-    ) -> None:
-        """``on_frame`` and ``on_pattern``; their errors are logged, never the frame's."""
-        try:
-            if self.on_frame is not None:
-                self.on_frame(index, intensities, mask, pos_px)
-            if self.on_pattern is not None:
-                self.on_pattern(
-                    PatternRecord(run.uid, desc, seq_num, index, intensities, mask, pos_px)
-                )
-        except Exception:
-            logger.exception("run %s: the on_frame/on_pattern hook failed", run.uid[:8])
-
-    def _finish(self, run: _Run) -> None:
-        if run.shape_vote.held:  # fewer frames than the vote needs: decide with what came
-            decided = run.shape_vote.decide()
-            assert decided is not None
-            self._settle_shape(run, decided)
-        with self._lock:
-            repeated = [e for e in self._tally.entries(run.uid, every_run=False) if e.count > 1]
-            lost = run.lost
-            key_note = None if run.key_seen else run.key_note()
-            if key_note is not None and not run.key_reported:
-                run.key_reported = True
-                self._record(run, key_note, "DETECTOR_KEY_MISSING", None)
-        for entry in repeated:  # the final count of every cause that hit several items
-            logger.warning("run %s: %s", run.uid[:8], entry.text())
-        if lost:
-            gaps = {s.name or uid[:8]: s.lost for uid, s in run.streams.items() if s.lost}
-            logger.warning(
-                "run %s: %d event(s) lost (seq_num gaps and the stop's num_events, per stream: %s)",
-                run.uid[:8],
-                lost,
-                gaps,
-            )
-        if key_note is not None:
-            logger.warning("run %s: %s", run.uid[:8], key_note)
-        live = run.live
-        live.finish(self.final_passes)
-        threading.Thread(
-            target=self._await_result, args=(run,), name=f"{live.name}-finish", daemon=True
-        ).start()
-
-    def _await_result(self, run: _Run) -> None:
-        try:
-            state = run.live.wait(timeout=None)
-            run.result = state
-            if self.output_dir is not None:
-                run.result_path = self._save(run, state)
-        except Exception as exc:
-            logger.exception("finishing run %s failed", run.uid)
-            run.message = f"{run.message} finishing failed: {exc}".strip()
-            if run.result is None:
-                run.result = run.live.state()
-        finally:
-            run.done.set()
-
-    def _save(self, run: _Run, state: ReconstructionState) -> Path:
-        output_dir = self.output_dir
-        assert output_dir is not None  # _save is called only with an output directory
-        output_dir.mkdir(parents=True, exist_ok=True)
-        start = run.start_doc
-        started = start.get("time")
-        if not isinstance(started, (int, float)):
-            started = time.time()
-        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(started))
-        path = output_dir / f"ptycho-{stamp}-{run.uid[:8]}.h5"
-        status = run.live.status
-        metadata = {
-            "run_uid": run.uid,
-            "scan_id": start.get("scan_id"),
-            "plan_name": start.get("plan_name"),
-            "exit_status": run.exit_status or ("no stop" if run.missing_stop else "unknown"),
-            "frames_received": run.frames_received,
-            "frames_used": run.frames_used,
-            "rejected": run.rejected + status.rejected,
-            "rejections": [e.text() for e in self.status.rejections if e.run_uid == run.uid],
-            "lost": run.lost,
-            "missing_stop": run.missing_stop,
-            "message": run.message,
-            START_KEY: run.setup.to_start_doc(),
-        }
-        return write_result(
-            path, state, geometry=run.setup.geometry(), metadata=metadata, overwrite=True
-        )
-
-
-def _unpack_event_page(doc: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
-    """The events of an event_page; ``_DocumentRejected`` if its columns do not line up."""
-    try:
-        uids = list(doc["uid"])
-        seqs = list(doc["seq_num"])
-        times = list(doc["time"])
-        data = {k: list(v) for k, v in dict(doc["data"]).items()}
-        stamps = {k: list(v) for k, v in dict(doc.get("timestamps") or {}).items()}
-        filled = {k: list(v) for k, v in dict(doc.get("filled") or {}).items()}
-        desc = doc["descriptor"]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise _DocumentRejected(
-            "BAD_EVENT_PAGE", f"malformed event_page ({type(exc).__name__}: {exc})"
-        ) from None
-    n = len(uids)
-    columns = [seqs, times, *data.values(), *stamps.values(), *filled.values()]
-    if any(len(c) != n for c in columns):
-        raise _DocumentRejected(
-            "BAD_EVENT_PAGE", f"malformed event_page: its columns are not all {n} rows long"
-        )
-    for i in range(n):
-        yield {
-            "descriptor": desc,
-            "uid": uids[i],
-            "seq_num": seqs[i],
-            "time": times[i],
-            "data": {k: v[i] for k, v in data.items()},
-            "timestamps": {k: v[i] for k, v in stamps.items()},
-            "filled": {k: v[i] for k, v in filled.items()},
-        }
-
-
-def _progress_note(run: _Run, pending: int) -> str:
-    """What is still going on for a run: frames in the queue, the final passes, or done."""
-    if pending > 0:
-        return f"; {pending} frame(s) still being processed"
-    if run.done.is_set():
-        return "; finished"
-    if not run.closed:
-        return ""  # the run is open: more frames are coming
-    return "; final passes running"
-
-
-def _where(name: str, doc: Any) -> str:
-    """Name, uid and seq_num of a document, for messages."""
-    if not isinstance(doc, Mapping):
-        return f"{name} (not a dict: {type(doc).__name__})"
-    uid = doc.get("uid") or doc.get("datum_id") or "?"
-    seq = doc.get("seq_num")
-    return f"{name} {uid}" + (f" seq_num {seq}" if seq is not None else "")
