@@ -173,9 +173,10 @@ class Pacer:
                 [self._counts, np.zeros(n - self._counts.size, dtype=np.int64)]
             )
         counts = self._counts[:n].copy()
-        held = getattr(self._engine, "held_out", None)
-        if held is not None and np.any(held):  # validation patterns never take updates
-            counts[np.asarray(held, dtype=bool)[:n]] = cap
+        for name in ("held_out", "excluded"):  # validation and removed patterns take no update
+            unused = getattr(self._engine, name, None)
+            if unused is not None and np.any(unused):
+                counts[np.asarray(unused, dtype=bool)[:n]] = cap
         picked: list[np.ndarray] = []
         left = chunk
         while left > 0:

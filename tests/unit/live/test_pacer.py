@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -156,3 +157,16 @@ def test_the_policy_is_type_checked(small_dataset):
     pacer = Pacer(engine, PacingPolicy())
     with pytest.raises(TypeError):
         pacer.policy = "free"  # type: ignore[assignment]
+
+
+def test_capped_selection_skips_excluded_patterns(small_dataset):
+    ds = small_dataset
+    engine = EPIE(ds.object.shape, options=EPIEOptions(seed=0))
+    engine.add(ds.intensities[:20], ds.positions_px[:20])
+    engine.exclude([3, 7])
+    policy = PacingPolicy(mode="capped", max_updates_per_pattern=2, chunk_updates=100)
+    pacer = Pacer(engine, replace(policy, min_patterns=1))
+    assert pacer.run_chunk() is not None
+    ups = engine.state().updates_per_pattern
+    assert ups[3] == ups[7] == 0 and np.all(np.delete(ups, [3, 7]) == 2)
+    assert engine.pattern_updates == 36
