@@ -580,6 +580,8 @@ class PtychoReconstruction(Device):
             duplicates=int(getattr(cb, "duplicates", 0) or 0),
             quarantined=int(getattr(live, "quarantined", 0) or 0) if live is not None else 0,
             quarantine_reasons=tuple(getattr(live, "quarantine_reasons", ()) or ()),
+            removed=int(getattr(live, "removed", 0) or 0) if live is not None else 0,
+            removal_reasons=tuple(getattr(live, "removal_reasons", ()) or ()),
             feed_address=feed.address if feed is not None else None,
             feed_connected=bool(getattr(feed_status, "connected", True)),
             feed_age=getattr(feed_status, "last_document_age", None),

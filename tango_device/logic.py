@@ -161,6 +161,10 @@ class Integrity:
         Frames held back as implausible (``LiveStatus.quarantined``).
     quarantine_reasons : tuple of str
         Why, most recent last.
+    removed : int
+        Patterns taken out of the engine because an update with them diverged.
+    removal_reasons : tuple of str
+        Why, most recent last.
     feed_address : str or None
         The armed feed's address (None: not armed).
     feed_connected : bool
@@ -176,6 +180,8 @@ class Integrity:
     duplicates: int = 0
     quarantined: int = 0
     quarantine_reasons: tuple[str, ...] = ()
+    removed: int = 0
+    removal_reasons: tuple[str, ...] = ()
     feed_address: str | None = None
     feed_connected: bool = True
     feed_age: float | None = None
@@ -207,6 +213,9 @@ class Integrity:
         if self.quarantined:
             why = f": {self.quarantine_reasons[-1]}" if self.quarantine_reasons else ""
             out.append(f"QUARANTINED: {self.quarantined} frame(s) held back as implausible{why}")
+        if self.removed:
+            why = f": {self.removal_reasons[-1]}" if self.removal_reasons else ""
+            out.append(f"REMOVED: {self.removed} pattern(s) taken out after a diverged update{why}")
         if self.duplicates:
             out.append(f"{self.duplicates} duplicate document(s) or event(s) ignored")
         out.extend(f"RECOVERED: {text}" for text in self.recovered)

@@ -362,3 +362,34 @@ def test_a_probe_init_file_outside_the_data_directories_is_refused_alike(
         tango_servers.stop(server)
     finally:
         shutil.rmtree(outside, ignore_errors=True)
+
+
+def test_a_poisoned_frame_is_quarantined_and_said_so(
+    tango_servers: ServerFactory,
+    zmq_proxy: ProxyProcess,
+    publisher: Any,
+    small_dataset: Any,
+) -> None:
+    """One frame x1000 in a scan through the proxy: PatternsQuarantined and a QUARANTINED line
+    in Status say so; the run ends with the other frames."""
+    server = tango_servers.start(
+        zmq=zmq_proxy.out_address, extra=["--start", "--final-passes", "3"]
+    )
+    dev = server.proxy()
+    assert wait_for(lambda: dev.state() == DevState.STANDBY, timeout=30), dev.status()
+    warm_up(publisher, dev)
+    head, events, stop = recorded_scan(small_dataset)
+    n, bad = len(events), 40
+    events[bad]["data"][DET] = np.asarray(events[bad]["data"][DET]) * 1000.0
+    for name, doc in head:
+        publisher(name, doc)
+    for event in events:
+        publisher("event", event)
+        time.sleep(1 / (4 * RATE_HZ))
+    publisher("stop", stop)
+    assert wait_for(lambda: dev.RunPhase == "finished", timeout=WAIT), dev.status()
+    status = dev.status()
+    assert dev.PatternsQuarantined == 1, status
+    assert "QUARANTINED: 1 frame(s)" in status and "times the median" in status, status
+    assert dev.PatternsInUse == n - 1 and dev.FramesLost == 0, status
+    tango_servers.stop(server)

@@ -139,6 +139,8 @@ def test_integrity_problems_are_in_words_right_after_the_state() -> None:
         duplicates=3,
         quarantined=2,
         quarantine_reasons=("frame 7: total counts 1e9, 40 x the running median",),
+        removed=1,
+        removal_reasons=("pattern 12: the update diverged",),
         feed_address="127.0.0.1:5578",
         feed_connected=False,
         feed_age=15.6,
@@ -150,6 +152,7 @@ def test_integrity_problems_are_in_words_right_after_the_state() -> None:
     assert "LOSS: 12 event(s)" in text
     assert "MISSING STOP: 1 run(s)" in text
     assert "QUARANTINED: 2 frame(s)" in text and "running median" in text
+    assert "REMOVED: 1 pattern(s)" in text and "pattern 12" in text
     assert "3 duplicate" in text
     assert "RECOVERED: run abc: 40 pattern(s)" in text
     status = status_text(
