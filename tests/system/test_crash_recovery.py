@@ -7,6 +7,11 @@ part of the scan, it gets ``SIGKILL`` while frames are still flowing; more frame
 while it is down; it is restarted with the same property file, and the rest of the scan and
 the stop follow. The device must resume the run from its checkpoint, report exactly the events
 it never used as FramesLost, and end the run saved.
+
+The other tests of this module check what the device says about the other ways data goes
+missing or wrong, with the same real processes: a stop lost while the server is down (the idle
+timeout ends the run), a killed proxy (FeedConnected, DISCONNECTED), a probe_init file outside
+DataDirectories (one refusal whether it exists or not), a poisoned frame (QUARANTINED).
 """
 
 from __future__ import annotations
