@@ -146,9 +146,12 @@ class PtychoCallback(FrameWork, event_model.DocumentRouter):
         self.on_pattern = on_pattern
         if setup is not None and not isinstance(setup, ScanSetup):
             raise TypeError(f"setup must be a ScanSetup, got {type(setup).__name__}")
-        for name, value in (("idle_timeout", idle_timeout), ("orphan_wait", orphan_wait)):
-            if not (isinstance(value, (int, float)) and value >= 0 and value == value):
-                raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
+        for name, value, least in (
+            ("idle_timeout", idle_timeout, 0.01),
+            ("orphan_wait", orphan_wait, 0),
+        ):
+            if not (isinstance(value, (int, float)) and least <= value < float("inf")):
+                raise ValueError(f"{name} must be a number of seconds >= {least}, got {value!r}")
         if int(max_orphans) < 0:
             raise ValueError(f"max_orphans must be >= 0, got {max_orphans!r}")
         self.setup = setup

@@ -220,6 +220,12 @@ class FrameWork:
             )
         if key_note is not None:
             logger.warning("run %s: %s", run.uid[:8], key_note)
+        if run.duplicates:
+            logger.info(
+                "run %s: %d duplicate document(s) received and not used",
+                run.uid[:8],
+                run.duplicates,
+            )
         live = run.live
         live.finish(self.final_passes)
         threading.Thread(
