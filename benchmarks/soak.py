@@ -21,6 +21,7 @@ reach 2 kHz on a 2-core machine); each sweep point is one run of ``--sweep-frame
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import tempfile
@@ -60,21 +61,22 @@ EXTRA_ATTRIBUTES = ("FramesLost", "DuplicateDocuments", "FeedConnected")
 def spiral_positions_m(n: int, step_m: float = 50e-9) -> np.ndarray:
     """``n`` points of a Fermat spiral, about ``step_m`` apart, ``(row, col)`` in metres."""
     k = np.arange(n, dtype=float)
-    radius = step_m / np.sqrt(np.pi) * np.sqrt(k)
-    angle = k * np.pi * (3.0 - np.sqrt(5.0))
+    radius = step_m / math.sqrt(math.pi) * np.sqrt(k)
+    angle = k * math.pi * (3.0 - math.sqrt(5.0))
     return np.stack([radius * np.sin(angle), radius * np.cos(angle)], axis=1)
 
 
 def frame_pool(count: int = 16, seed: int = 0) -> list[np.ndarray]:
     """Far-field uint32 patterns of a Gaussian probe on random phase patches, 1e7 photons."""
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:SIDE, :SIDE] - SIDE / 2
-    probe = np.exp(-(yy**2 + xx**2) / (2 * 8.0**2) + 1j * 0.002 * (yy**2 + xx**2))
+    grid = np.mgrid[:SIDE, :SIDE].astype(np.float64) - SIDE / 2
+    r2: np.ndarray = grid[0] ** 2 + grid[1] ** 2
+    probe = np.exp(-r2 / (2 * 8.0**2) + 0.002j * r2)
     frames = []
     for _ in range(count):
-        phase = rng.normal(0.0, 1.0, (SIDE // 8, SIDE // 8))
-        phase = np.kron(phase, np.ones((8, 8)))  # smooth-ish features
-        far = np.fft.fftshift(np.fft.fft2(probe * np.exp(1j * 0.6 * phase)))
+        coarse = rng.normal(0.0, 1.0, (SIDE // 8, SIDE // 8))
+        phase: np.ndarray = np.kron(coarse, np.ones((8, 8)))  # smooth-ish features
+        far = np.fft.fftshift(np.fft.fft2(probe * np.exp(0.6j * phase)))
         intensity = np.abs(far) ** 2
         intensity *= 1e7 / intensity.sum()
         frames.append(rng.poisson(intensity).astype(np.uint32))
@@ -247,6 +249,50 @@ class RunResult:
         )
 
 
+class Outage(threading.Thread):
+    """Kill the proxy (SIGKILL), watch ``FeedConnected`` and the state, restart it."""
+
+    def __init__(self, proxy: ProxyProcess, address: str, seconds: float) -> None:
+        super().__init__(daemon=True)
+        self.proxy = proxy
+        self.address = address
+        self.seconds = seconds
+        self.down_after: float | None = None
+        self.up_after: float | None = None
+        self.states: set[str] = set()
+
+    def run(self) -> None:
+        import tango
+
+        dev = tango.DeviceProxy(self.address)
+        names = [a.name for a in dev.attribute_list_query()]
+        watch = "FeedConnected" in names
+        self.proxy.kill()
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < self.seconds:
+            self.states.add(str(dev.state()))
+            if watch and self.down_after is None and not dev.FeedConnected:
+                self.down_after = time.monotonic() - t0
+            time.sleep(0.1)
+        self.proxy.restart()
+        t1 = time.monotonic()
+        while watch and time.monotonic() - t1 < 30:
+            if dev.FeedConnected:
+                self.up_after = time.monotonic() - t1
+                break
+            time.sleep(0.1)
+
+    def report(self) -> str:
+        def fmt(value: float | None) -> str:
+            return "never" if value is None else f"after {value:.1f} s"
+
+        return (
+            f"proxy outage {self.seconds:g} s: FeedConnected False {fmt(self.down_after)}, "
+            f"True again {fmt(self.up_after)} of the restart; device states during the "
+            f"outage: {', '.join(sorted(self.states))}"
+        )
+
+
 class Bench:
     """Proxy + device server + a publisher, for one soak run and a sweep."""
 
@@ -287,10 +333,23 @@ class Bench:
             raise RuntimeError("no document reached the device server in 60 s")
         time.sleep(0.5)
 
-    def run(self, n: int, rate: float, frames: list[np.ndarray], *, raw: bool) -> RunResult:
+    def run(
+        self,
+        n: int,
+        rate: float,
+        frames: list[np.ndarray],
+        *,
+        raw: bool,
+        outage: float = 0.0,
+    ) -> RunResult:
+        """One scan of ``n`` frames at ``rate``; with ``outage`` > 0 the proxy is SIGKILLed at
+        the scan's middle and restarted on the same ports ``outage`` seconds later."""
         docs = list(scan_documents(n, frames))
         uid = docs[0][1]["uid"]
-        messages = [b" ".join([b"", name.encode(), serialize(doc)]) for name, doc in docs]
+        messages = (
+            [b" ".join([b"", name.encode(), serialize(doc)]) for name, doc in docs] if raw else []
+        )
+        cut = Outage(self.proxy, self.server.address, outage) if outage > 0 else None
         base = int(self.dev.DocumentsReceived) + 2  # the feed counts start and descriptor too
         poller = Poller(self.server.address)
         poller.start()
@@ -303,7 +362,12 @@ class Bench:
                 self.publisher(name, doc)
             if name == "event":
                 sent_at.append(time.perf_counter())
+                if cut is not None and len(sent_at) == n // 2:
+                    cut.start()
         elapsed = time.perf_counter() - t0
+        if cut is not None:
+            cut.join()
+            print(f"  {cut.report()}")
         phase = wait_run_end(self.dev, uid, self.run_timeout)
         time.sleep(0.5)
         poller.stop()
@@ -346,6 +410,9 @@ def main() -> None:
     parser.add_argument("--sweep-frames", type=int, default=2025, help="frames per sweep point")
     parser.add_argument("--final-passes", type=int, default=0, help="device passes after a run")
     parser.add_argument("--run-timeout", type=float, default=600.0, help="wait for a run end, s")
+    parser.add_argument(
+        "--outage", type=float, default=0.0, help="SIGKILL the proxy mid-soak for this long, s"
+    )
     args = parser.parse_args()
     frames = frame_pool()
     bench = Bench(args.final_passes, args.run_timeout)
@@ -353,7 +420,7 @@ def main() -> None:
         if bench.missing:
             print(f"device attributes not present: {', '.join(bench.missing)} (reported as n/a)")
         print(f"proxy and feed high-water mark {DEFAULT_HWM} messages per socket")
-        result = bench.run(args.frames, args.rate, frames, raw=False)
+        result = bench.run(args.frames, args.rate, frames, raw=False, outage=args.outage)
         rss = peak_rss_mb(bench.server.pid)
         print(f"soak ({args.frames} frames of {SIDE} px uint32 at {args.rate:g} Hz, Publisher):")
         print(f"  {result.line()}")

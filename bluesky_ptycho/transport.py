@@ -78,9 +78,13 @@ DEFAULT_HWM = 4000
 #: 0MQ heartbeats: a PING every second; a peer silent for 3 s is dropped (and reconnected).
 HEARTBEAT_IVL_MS = 1000
 HEARTBEAT_TIMEOUT_MS = 3000
-#: Reconnection to a vanished proxy: first retry after 100 ms, backing off to one per second.
-RECONNECT_IVL_MS = 100
-RECONNECT_IVL_MAX_MS = 1000
+#: Reconnection to a vanished proxy, (first retry, longest back-off) in ms. The feed retries
+#: every 100 ms, publishers back off to 2 s: after a proxy restart the feed has usually
+#: re-subscribed before a publisher delivers what it queued meanwhile (a proxy forwards nothing
+#: to subscribers that have not joined yet). Measured: a 15.6 s outage at 100 Hz lost 194
+#: frames with (100 ms, 1 s) for both, 1 with these.
+FEED_RECONNECT_MS = (100, 100)
+PUBLISHER_RECONNECT_MS = (500, 2000)
 #: A feed disconnected this long makes a fresh SUB socket (see ``DocumentFeed``).
 RESET_AFTER_S = 5.0
 #: Above ``max_document_bytes`` plus this, 0MQ itself refuses a message (ZMQ_MAXMSGSIZE) and
@@ -108,7 +112,9 @@ _DOCUMENT_NAMES = frozenset(
 )
 
 
-def _configure(sock: zmq.Socket, *, hwm: int, linger_ms: int) -> None:
+def _configure(
+    sock: zmq.Socket, *, hwm: int, linger_ms: int, reconnect_ms: tuple[int, int] = (100, 1000)
+) -> None:
     """High-water marks, linger, heartbeats and reconnection of one socket (before bind/connect)."""
     sock.setsockopt(zmq.SNDHWM, hwm)
     sock.setsockopt(zmq.RCVHWM, hwm)
@@ -116,8 +122,8 @@ def _configure(sock: zmq.Socket, *, hwm: int, linger_ms: int) -> None:
     sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
     sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)
-    sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
-    sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+    sock.setsockopt(zmq.RECONNECT_IVL, reconnect_ms[0])
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, reconnect_ms[1])
 
 
 def _check_hwm(hwm: int) -> int:
@@ -321,7 +327,12 @@ def make_publisher(
     if isinstance(old, zmq.Socket) and isinstance(context, zmq.Context):
         old.close(linger=0)
         sock = context.socket(zmq.PUB)
-        _configure(sock, hwm=hwm, linger_ms=max(0, round(1000 * linger)))
+        _configure(
+            sock,
+            hwm=hwm,
+            linger_ms=max(0, round(1000 * linger)),
+            reconnect_ms=PUBLISHER_RECONNECT_MS,
+        )
         sock.connect(publisher.address)
         publisher._socket = sock
     else:  # pragma: no cover - bluesky changed its internals
@@ -699,7 +710,7 @@ class DocumentFeed:
         """A configured SUB socket connecting to the proxy, and its monitor socket."""
         sock = context.socket(zmq.SUB)
         try:
-            _configure(sock, hwm=self._hwm, linger_ms=0)
+            _configure(sock, hwm=self._hwm, linger_ms=0, reconnect_ms=FEED_RECONNECT_MS)
             sock.setsockopt(zmq.MAXMSGSIZE, self._max_document_bytes + HARD_LIMIT_MARGIN)
             monitor = sock.get_monitor_socket(
                 zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
@@ -844,8 +855,9 @@ def run_proxy(
         _configure(backend, hwm=hwm, linger_ms=0)
         frontend.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
         frontend.setsockopt(zmq.SUBSCRIBE, b"")
-        frontend.bind(_tcp(in_address))
+        # subscribers first: what publishers queued during an outage finds them already there
         backend.bind(_tcp(out_address))
+        frontend.bind(_tcp(in_address))
         print(f"Receiving on {_tcp(in_address)}; publishing to {_tcp(out_address)}", flush=True)
         zmq.proxy(frontend, backend)
     finally:
