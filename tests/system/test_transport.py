@@ -449,6 +449,28 @@ def test_unknown_document_name_is_an_error_and_the_feed_goes_on(
     assert feed.running
 
 
+def test_messages_without_envelope_are_counted(
+    proxy: ProxyProcess,
+    feeds: Callable[..., DocumentFeed],
+    publishers: Callable[..., Publisher],
+    raw_pub: Callable[[str], zmq.Socket],
+) -> None:
+    """bluesky's RemoteDispatcher printed and dropped these; the feed counts them as errors."""
+    sink = Collector()
+    feed = feeds(proxy.out_address, sink)  # no prefix: it sees every message
+    good = publishers(proxy.in_address)
+    bad = raw_pub(proxy.in_address)
+    join_link(lambda doc: good("start", doc), sink)
+    deadline = time.monotonic() + WAIT
+    while feed.errors == 0 and time.monotonic() < deadline:
+        bad.send(b"no-spaces-at-all")  # the raw socket has its own slow joiner
+        wait_for(lambda: feed.errors > 0, timeout=0.1)
+    assert feed.errors > 0
+    assert "not 'prefix name payload'" in (feed.last_error or "")
+    assert feed.status.errors == feed.errors
+    assert feed.running
+
+
 def test_feed_survives_raising_callback(
     proxy: ProxyProcess,
     prefix: bytes,
