@@ -1,7 +1,8 @@
 """Property tests: PtychoCallback fed real RunEngine streams, mutated by hypothesis.
 
-Two runs of the simulated ophyd beamline (one with frames inline, one written to HDF5 with
-resource/datum documents) are recorded once per session from a real RunEngine. Each example
+Three runs of the simulated beamlines (ophyd with frames inline, ophyd writing HDF5 with
+resource/datum documents, ophyd-async with stream_resource/stream_datum) are recorded once per
+session from a real RunEngine. Each example
 drops, corrupts, reorders, duplicates, interleaves and truncates them, inserts garbage, and
 feeds the result to a fresh callback. Whatever happens: no exception escapes, every good frame
 is used exactly once, every item that cannot be used is rejected with a reason, and the lost
@@ -28,11 +29,22 @@ from bluesky_ptycho.geometry import Geometry
 from bluesky_ptycho.live import LiveOptions
 from bluesky_ptycho.runs import usable_seq_num
 from bluesky_ptycho.sim_beamline import make_beamline
+from bluesky_ptycho.sim_beamline_async import make_async_beamline
 from bluesky_ptycho.simulate import small_preset
 
 OPTIONS = LiveOptions(final_passes=0, publish_period_s=60.0)
 IDLE_S, ORPHAN_S = 1.0, 0.2
-DOC_NAMES = ("start", "descriptor", "event", "stop", "resource", "datum", "bogus")
+DOC_NAMES = (
+    "start",
+    "descriptor",
+    "event",
+    "stop",
+    "resource",
+    "datum",
+    "stream_resource",
+    "stream_datum",
+    "bogus",
+)
 
 
 def _tiny_preset():
@@ -56,13 +68,16 @@ def _recorder(docs):
 
 @pytest.fixture(scope="session")
 def recorded_runs(tmp_path_factory) -> list[list[tuple[str, dict]]]:
-    """Two real scans' documents: frames inline, and frames in HDF5 (resource/datum)."""
+    """Three real scans' documents: frames inline, in HDF5 with resource/datum (ophyd), and in
+    HDF5 with stream_resource/stream_datum (ophyd-async)."""
     RE = RunEngine({})
     runs = []
-    for mode in ("inline", "hdf5"):
-        beamline = make_beamline(
-            _tiny_preset(), mode=mode, directory=tmp_path_factory.mktemp(mode), seed=1
-        )
+    for mode in ("inline", "hdf5", "stream"):
+        directory = tmp_path_factory.mktemp(mode)
+        if mode == "stream":
+            beamline = make_async_beamline(_tiny_preset(), directory=directory, seed=1)
+        else:
+            beamline = make_beamline(_tiny_preset(), mode=mode, directory=directory, seed=1)
         docs: list[tuple[str, dict]] = []
         token = RE.subscribe(_recorder(docs))
         preset = beamline.specimen.preset
@@ -95,7 +110,7 @@ class _Item:
 def _key(name: str, doc: dict) -> str:
     if name == "datum":
         return f"datum:{doc['datum_id']}"
-    if name in ("event", "resource"):
+    if name in ("event", "resource", "stream_resource", "stream_datum", "descriptor"):
         return f"{name}:{doc['uid']}"
     return name
 
@@ -110,8 +125,8 @@ def mutated_streams(draw, recorded):
             item = _Item(name, copy.deepcopy(doc), r, _key(name, doc))
             if name == "event":
                 fate = draw(st.sampled_from(["keep"] * 6 + ["drop", "nan", "seq"]))
-                if fate == "nan" and r == 1:
-                    fate = "keep"  # frames of the HDF5 run are in the file
+                if fate == "nan" and r > 0:
+                    fate = "keep"  # frames of the HDF5 runs are in their files
             else:
                 fate = draw(st.sampled_from(["keep"] * 10 + ["drop", "none"]))
             if fate == "drop":
@@ -136,9 +151,8 @@ def mutated_streams(draw, recorded):
                 items.insert(j, items.pop(i))
         per_run.append(items)
     # interleave the two runs, each keeping its own order
-    a, b = per_run
-    picks = draw(st.permutations([0] * len(a) + [1] * len(b)))
-    sources = [iter(a), iter(b)]
+    picks = draw(st.permutations([r for r, items in enumerate(per_run) for _ in items]))
+    sources = [iter(items) for items in per_run]
     stream = [next(sources[p]) for p in picks]
     # duplicates, later in the stream
     for _ in range(draw(st.integers(0, 6))):
@@ -166,36 +180,59 @@ def _expectations(recorded, stream):
     unusable = sum(1 for it in stream if it.run == -1 or it.fate == "none")
     for r, docs in enumerate(recorded):
         started = (r, "start") in good
-        described = (r, "descriptor") in good
-        datums = {d["datum_id"] for n, d in docs if n == "datum"}
-        resources_ok = all((r, f"resource:{d['uid']}") in good for n, d in docs if n == "resource")
+        stopped = (r, "stop") in good
+        stop = next(d for n, d in docs if n == "stop")
+        resources_ok = all(
+            (r, _key(n, d)) in good for n, d in docs if n in ("resource", "stream_resource")
+        )
+        stream_datums = [d for n, d in docs if n == "stream_datum"]
         received = {}  # uid -> item (one per event; duplicates are not received again)
         for it in stream:
             if it.run == r and it.name == "event" and it.fate != "none":
                 received.setdefault(it.doc["uid"], it)
-        seqs, unnumbered = set(), 0
+        per_desc: dict[str, tuple[set, int]] = {}
         for it in received.values():
+            desc = it.doc["descriptor"]
             seq = usable_seq_num(it.doc.get("seq_num"))
-            ok = started and described and it.fate != "nan"
-            if r == 1:
+            ok = started and (r, f"descriptor:{desc}") in good and it.fate != "nan"
+            if r == 1:  # resource/datum
                 datum_id = it.doc["data"]["eiger_image"]
                 ok = ok and resources_ok and (r, f"datum:{datum_id}") in good
-                assert datum_id in datums
+            elif r == 2:  # stream_resource/stream_datum: found by seq_num
+                covering = [
+                    d
+                    for d in stream_datums
+                    if seq is not None and d["seq_nums"]["start"] <= seq < d["seq_nums"]["stop"]
+                ]
+                ok = (
+                    ok
+                    and resources_ok
+                    and any((r, _key("stream_datum", d)) in good for d in covering)
+                )
             if ok:
                 used[(uids[r], seq)] += 1
             else:
                 unusable += 1
+            seqs, unnumbered = per_desc.setdefault(desc, (set(), 0))
             if seq is None:
-                unnumbered += 1
+                per_desc[desc] = (seqs, unnumbered + 1)
             else:
                 seqs.add(seq)
-        if started and described:
+        if not started:
+            continue
+        lost[uids[r]] = 0
+        for n, d in docs:
+            if n != "descriptor" or (r, f"descriptor:{d['uid']}") not in good:
+                continue
+            seqs, unnumbered = per_desc.get(d["uid"], (set(), 0))
             top = max(seqs, default=0)
-            total = sum(1 for n, _ in docs if n == "event")
-            if (r, "stop") in good:
+            total = sum(1 for m, e in docs if m == "event" and e["descriptor"] == d["uid"])
+            if stopped:
+                assert stop["num_events"].get(d["name"], 0) == total
                 top = max(top, total)
-                assert top - len(seqs) - unnumbered == total - len(received)  # the real loss
-            lost[uids[r]] = max(0, top - len(seqs) - unnumbered)
+                got = sum(1 for it in received.values() if it.doc["descriptor"] == d["uid"])
+                assert top - len(seqs) - unnumbered == total - got  # the real loss
+            lost[uids[r]] += max(0, top - len(seqs) - unnumbered)
     return used, lost, unusable
 
 
