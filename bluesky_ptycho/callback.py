@@ -640,7 +640,7 @@ class PtychoCallback(FrameWork, event_model.DocumentRouter):
 
     def _no_run(self, run_start: Any) -> str:
         if run_start is None:
-            return "it names no run (no run_start) and no run is open to take it"
+            return "it names no run (no run_start)"
         return f"run_start {run_start!r} names no run received (its start is missing or unusable)"
 
     def _close_run(self, run: Run, message: str) -> None:

@@ -409,3 +409,62 @@ def test_probe_init_path_outside_probe_dirs_is_refused_with_one_message(
     cb = make_callback(options=FAST, probe_dirs=[allowed])
     doc_run(cb, md={"ptycho": escape.to_start_doc()})
     assert "is not inside the allowed probe directories" in cb.status.reasons[0]
+
+
+def test_an_event_page_before_its_descriptor_waits_for_it(
+    small_dataset, doc_run, make_callback, ptycho_md
+):
+    cb = make_callback(options=FAST, orphan_wait=30)
+    run = doc_run(cb, md=ptycho_md, send=False)
+    cb("start", run.start_doc)
+    cb("event_page", event_model.pack_event_page(*run.feed(small_dataset, range(6), send=False)))
+    assert cb.status.waiting == 6 and cb.status.frames_received == 0
+    cb("descriptor", run.descriptor_doc)
+    assert cb.status.waiting == 0
+    run.stop()
+    assert cb.result(timeout=60).n_patterns == 6 and cb.status.rejected == 0
+
+
+def test_a_malformed_event_page_is_rejected_and_the_run_goes_on(
+    small_dataset, doc_run, make_callback, ptycho_md
+):
+    cb = make_callback(options=FAST)
+    run = doc_run(cb, md=ptycho_md)
+    page = event_model.pack_event_page(*run.feed(small_dataset, range(4), send=False))
+    page["seq_num"] = page["seq_num"][:2]  # columns of different lengths
+    cb("event_page", page)
+    run.feed(small_dataset, range(4, 8))
+    run.stop()
+    assert cb.result(timeout=60).n_patterns == 4
+    st = cb.status
+    assert "malformed event_page: its columns are not all 4 rows long" in st.reasons[0]
+    assert st.lost == 4  # seq_num 1..4 never arrived in a usable form
+
+
+def test_a_stop_naming_no_run_closes_nothing(small_dataset, doc_run, make_callback, ptycho_md):
+    cb = make_callback(options=FAST)
+    run = doc_run(cb, md=ptycho_md)
+    run.feed(small_dataset, range(3))
+    cb("stop", {"uid": "x", "exit_status": "success"})  # no run_start
+    cb("stop", {"uid": "y", "run_start": "someone-else", "exit_status": "success"})
+    # (its reason: "run_start 'someone-else' names no run received (its start is missing...)")
+    assert cb.status.open_runs == (run.uid,)
+    (entry,) = cb.status.rejections  # one cause, two items
+    assert entry.cause == "NO_RUN" and entry.count == 2
+    assert entry.message == "stop x: it names no run (no run_start)"
+    stop = run.stop()
+    cb("stop", stop)  # repeated
+    assert cb.result(timeout=60).n_patterns == 3 and cb.status.duplicates == 1
+
+
+def test_a_stop_after_the_idle_timeout_still_counts_the_lost_events(
+    small_dataset, doc_run, make_callback, ptycho_md
+):
+    cb = make_callback(options=FAST, idle_timeout=0.3)
+    run = doc_run(cb, md=ptycho_md)
+    run.feed(small_dataset, range(5))
+    run.feed(small_dataset, range(5, 8), send=False)  # the last three are lost
+    cb.result(timeout=60)
+    assert cb.status.missing_stops == 1 and cb.status.lost == 0  # nothing known missing yet
+    run.stop()  # late: num_events says 8
+    assert cb.status.lost == 3 and cb.status.rejected == 0
