@@ -115,6 +115,26 @@ class Pacer:
             want = round(self._policy.passes_per_batch * self._engine.n_patterns)
             self._budget = max(self._budget, want)
 
+    def has_work(self) -> bool:
+        """Whether :meth:`run_chunk` would update anything now (no side effects)."""
+        policy = self._policy
+        n = self._engine.n_patterns
+        if n < max(1, int(policy.min_patterns)):
+            return False
+        if policy.mode == "free":
+            return True
+        if policy.mode == "batch":
+            return self._budget > 0
+        counts = np.zeros(n, dtype=np.int64)
+        m = min(n, self._counts.size)
+        counts[:m] = self._counts[:m]
+        usable = np.ones(n, dtype=bool)
+        for name in ("held_out", "excluded"):
+            unused = getattr(self._engine, name, None)
+            if unused is not None and np.any(unused):
+                usable &= ~np.asarray(unused, dtype=bool)[:n]
+        return bool(np.any(counts[usable] < int(policy.max_updates_per_pattern)))
+
     def run_chunk(self) -> float | None:
         """Run one chunk of at most ``policy.chunk_updates`` updates, as the policy says.
 

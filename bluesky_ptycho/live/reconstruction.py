@@ -648,7 +648,8 @@ class LiveReconstruction:
             if req.pause:
                 self._idle(Phase.PAUSED)
                 continue
-            self._ensure_good(int(self._pacer.policy.min_patterns))
+            if self._pacer.has_work():  # the probe is made from what the first update sees
+                self._ensure_good(int(self._pacer.policy.min_patterns))
             err = self._pacer.run_chunk()
             if err is None:  # nothing to do under the policy
                 self._idle(Phase.WAITING)

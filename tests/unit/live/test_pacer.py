@@ -170,3 +170,36 @@ def test_capped_selection_skips_excluded_patterns(small_dataset):
     ups = engine.state().updates_per_pattern
     assert ups[3] == ups[7] == 0 and np.all(np.delete(ups, [3, 7]) == 2)
     assert engine.pattern_updates == 36
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        PacingPolicy(min_patterns=4, mode="capped", max_updates_per_pattern=2, chunk_updates=5),
+        PacingPolicy(min_patterns=4, mode="batch", passes_per_batch=1.0, chunk_updates=5),
+        PacingPolicy(min_patterns=4, mode="batch", passes_per_batch=0.0, chunk_updates=5),
+    ],
+    ids=["capped", "batch", "batch-no-passes"],
+)
+def test_has_work_says_what_run_chunk_will_do_without_doing_it(small_dataset, policy):
+    ds = small_dataset
+    engine = _engine(ds)
+    pacer = Pacer(engine, policy)
+    _add(engine, pacer, ds, 0, 3)
+    assert not pacer.has_work()  # fewer than min_patterns
+    _add(engine, pacer, ds, 3, 8)
+    for _ in range(20):
+        updates = engine.pattern_updates
+        expected = pacer.has_work()
+        assert pacer.has_work() == expected and engine.pattern_updates == updates
+        assert (pacer.run_chunk() is not None) == expected
+        if not expected:
+            break
+    assert not pacer.has_work()
+    assert engine.pattern_updates == (
+        0
+        if policy.passes_per_batch == 0 and policy.mode == "batch"
+        else 16
+        if policy.mode == "capped"
+        else 8
+    )
