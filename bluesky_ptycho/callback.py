@@ -117,6 +117,11 @@ class PtychoCallback(FrameWork, event_model.DocumentRouter):
         otherwise the run is ignored with the same message whether or not the file exists.
     max_orphans : int
         Events held at most while waiting for their descriptors; the oldest is rejected beyond.
+    max_backlog_bytes : int
+        Bytes of inline frames queued for the background thread at most (default 2 GiB). A
+        frame beyond it is rejected (cause ``BACKLOG``, counted and reported) instead of
+        growing the process without bound when frames arrive faster than they are
+        preprocessed; the RunEngine is never made to wait.
     """
 
     def __init__(
@@ -135,6 +140,7 @@ class PtychoCallback(FrameWork, event_model.DocumentRouter):
         orphan_wait: float = 5.0,
         probe_dirs: Sequence[str | Path] | None = None,
         max_orphans: int = 256,
+        max_backlog_bytes: int = 2 * 2**30,
     ) -> None:
         super().__init__()
         self.probe: ProbeInit | np.ndarray | None
@@ -154,6 +160,12 @@ class PtychoCallback(FrameWork, event_model.DocumentRouter):
                 raise ValueError(f"{name} must be a number of seconds >= {least}, got {value!r}")
         if int(max_orphans) < 0:
             raise ValueError(f"max_orphans must be >= 0, got {max_orphans!r}")
+        if isinstance(max_backlog_bytes, bool) or not (
+            isinstance(max_backlog_bytes, int) and max_backlog_bytes > 0
+        ):
+            raise ValueError(
+                f"max_backlog_bytes must be a positive int, got {max_backlog_bytes!r}"
+            )
         self.setup = setup
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.options = options or LiveOptions()
@@ -161,6 +173,8 @@ class PtychoCallback(FrameWork, event_model.DocumentRouter):
         self.idle_timeout = float(idle_timeout)
         self.orphan_wait = float(orphan_wait)
         self.max_orphans = int(max_orphans)
+        self.max_backlog_bytes = max_backlog_bytes
+        self._backlog_bytes = 0
         self.probe_dirs: tuple[Path, ...] | None = (
             None
             if probe_dirs is None
@@ -766,7 +780,24 @@ class PtychoCallback(FrameWork, event_model.DocumentRouter):
             raise DocumentRejected(
                 "DETECTOR_MISSING", f"detector key {key!r} missing from event data"
             )
-        run.frames_queued += 1
+        limit = run.setup.limits.max_frames
+        if run.frames_received > limit:
+            raise DocumentRejected(
+                "MAX_FRAMES",
+                f"the run has more than {limit} frames (Limits.max_frames): frame not used",
+            )
+        nbytes = source.nbytes if isinstance(source, np.ndarray) else 0
+        with self._lock:
+            if self._backlog_bytes + nbytes > self.max_backlog_bytes:
+                raise DocumentRejected(
+                    "BACKLOG",
+                    f"{self._backlog_bytes / 2**20:.0f} MiB of frames already wait for the "
+                    f"background thread (max_backlog_bytes {self.max_backlog_bytes / 2**20:.0f}"
+                    " MiB): frame dropped; the reconstruction cannot keep up with this frame "
+                    "rate",
+                )
+            self._backlog_bytes += nbytes
+            run.frames_queued += 1
         self._jobs.put(("frame", run, where("event", doc), seq, desc, source, readbacks))
 
     def _hold(self, desc: str, doc: Mapping[str, Any]) -> None:

@@ -42,6 +42,7 @@ class FrameWork:
     _lock: threading.RLock
     _tally: RejectionTally
     _jobs: queue.SimpleQueue[tuple[Any, ...] | None]
+    _backlog_bytes: int
 
     def _record(
         self,
@@ -63,11 +64,18 @@ class FrameWork:
                 return
             try:
                 if job[0] == "frame":
+                    self._dequeued(job[5])
                     self._ingest(*job[1:])
                 else:
                     self._finish(job[1])
             except Exception:  # keep the worker alive whatever happens
                 logger.exception("ptycho callback worker failed on %s", job[0])
+
+    def _dequeued(self, source: Any) -> None:
+        """A queued frame left the queue: its bytes no longer count against the backlog."""
+        if isinstance(source, np.ndarray):
+            with self._lock:
+                self._backlog_bytes -= source.nbytes
 
     def _ingest(
         self,

@@ -468,3 +468,49 @@ def test_a_stop_after_the_idle_timeout_still_counts_the_lost_events(
     assert cb.status.missing_stops == 1 and cb.status.lost == 0  # nothing known missing yet
     run.stop()  # late: num_events says 8
     assert cb.status.lost == 3 and cb.status.rejected == 0
+
+
+def test_a_backlog_beyond_its_bound_is_rejected_not_grown(
+    small_dataset, doc_run, make_callback, ptycho_md
+):
+    frame_bytes = small_dataset.intensities[0].nbytes
+    cb = make_callback(options=FAST, max_backlog_bytes=frame_bytes - 1)
+    run = doc_run(cb, md=ptycho_md)
+    run.feed(small_dataset, range(4))
+    run.stop()
+    cb.result(timeout=60)
+    st = cb.status
+    assert st.frames_used == 0 and st.rejected == 4
+    assert any(r.cause == "BACKLOG" and r.count == 4 for r in st.rejections)
+    assert "max_backlog_bytes" in st.reasons[0] and "cannot keep up" in st.reasons[0]
+
+    # a bound of one frame: frames sent one at a time are all used (the bytes are released)
+    cb = make_callback(options=FAST, max_backlog_bytes=frame_bytes)
+    run = doc_run(cb, md=ptycho_md)
+    for k in range(4):
+        run.feed(small_dataset, [k])
+        _wait_for(lambda k=k: cb.status.frames_used == k + 1)
+    run.stop()
+    assert cb.result(timeout=60).n_patterns == 4 and cb.status.rejected == 0
+    with pytest.raises(ValueError, match="max_backlog_bytes"):
+        make_callback(max_backlog_bytes=0)
+
+
+def test_frames_beyond_the_limit_of_a_run_are_rejected(
+    small_dataset, doc_run, make_callback, callback_setup
+):
+    import dataclasses
+
+    from bluesky_ptycho.setup import Limits
+
+    n = len(small_dataset.nominal_positions_m)
+    setup = dataclasses.replace(callback_setup, limits=Limits(max_frames=n))
+    cb = make_callback(setup, options=FAST)
+    run = doc_run(cb)
+    run.feed(small_dataset, [*range(n), 0, 1])
+    run.stop()
+    assert cb.result(timeout=120).n_patterns == n
+    st = cb.status
+    assert st.rejected == 2
+    assert any(r.cause == "MAX_FRAMES" and r.count == 2 for r in st.rejections)
+    assert f"more than {n} frames (Limits.max_frames)" in " ".join(st.reasons)
