@@ -163,9 +163,7 @@ class PtychoCallback(FrameWork, event_model.DocumentRouter):
         if isinstance(max_backlog_bytes, bool) or not (
             isinstance(max_backlog_bytes, int) and max_backlog_bytes > 0
         ):
-            raise ValueError(
-                f"max_backlog_bytes must be a positive int, got {max_backlog_bytes!r}"
-            )
+            raise ValueError(f"max_backlog_bytes must be a positive int, got {max_backlog_bytes!r}")
         self.setup = setup
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.options = options or LiveOptions()
