@@ -418,6 +418,9 @@ class FeedStatus:
         Messages larger than ``max_document_bytes``, dropped before decoding.
     last_document_age : float or None
         Seconds since the last document was handed to the callback; None before the first.
+    connections : int
+        Times the link came up (0: never connected yet; more than 1: it was lost and came
+        back).
     """
 
     connected: bool
@@ -425,6 +428,7 @@ class FeedStatus:
     errors: int
     oversized: int
     last_document_age: float | None
+    connections: int = 0
 
 
 def _worth_logging(count: int) -> bool:
@@ -507,6 +511,7 @@ class DocumentFeed:
         self._stop_requested = threading.Event()
         self._ready = threading.Event()
         self._connected = threading.Event()
+        self._connections = 0
         self._thread: threading.Thread | None = None
         self._documents_received = 0
         self._errors = 0
@@ -568,6 +573,7 @@ class DocumentFeed:
                 errors=self._errors,
                 oversized=self._oversized,
                 last_document_age=None if last is None else time.monotonic() - last,
+                connections=self._connections,
             )
 
     def wait_connected(self, timeout: float) -> bool:
@@ -700,6 +706,8 @@ class DocumentFeed:
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 if not self._connected.is_set():
                     logger.info("%s: connected to %s", self._name, self._address)
+                    with self._lock:
+                        self._connections += 1
                 self._connected.set()
             elif kind == zmq.EVENT_DISCONNECTED:
                 if self._connected.is_set():

@@ -96,6 +96,8 @@ _MAX_IMAGE = 4096
 _MAX_POSITIONS = 1_000_000
 _MAX_HISTORY = 1_000_000
 _MAX_NOTES = 10
+_CONNECT_GRACE_S = 5.0
+"""Seconds a newly armed feed may take to connect before the device says ALARM."""
 _JOIN_S = 5.0
 _CATALOG_ID = re.compile(r"[A-Za-z0-9_\-]+")  # a run uid, uid prefix or scan id: not a path
 
@@ -224,6 +226,7 @@ class PtychoReconstruction(Device):
         self._view = SnapshotView.empty()
         self._run: RunInfo | None = None
         self._feed: Any = None
+        self._armed_at = 0.0  # time.monotonic() when the feed was last armed
         self._replay_thread: threading.Thread | None = None
         self._replay_cancel = threading.Event()
         self._stopped: LiveReconstruction | None = None  # the reconstruction Stop ended
@@ -505,11 +508,22 @@ class PtychoReconstruction(Device):
             fault=fault,
             feed_address=feed.address if feed is not None else None,
             feed_running=bool(feed.running) if feed is not None else True,
+            feed_connected=self._feed_connected(feed),
             feed_error=str(feed.last_error or "") if feed is not None else "",
             phase=status.phase if status is not None else None,
             reconstruction_fault=str(status.fault) if status is not None else "",
             replaying=thread is not None and thread.is_alive(),
         )
+
+    def _feed_connected(self, feed: Any) -> bool:
+        """Connected, or armed moments ago and still connecting (never yet connected)."""
+        if feed is None:
+            return True
+        status = feed.status
+        if status.connected:
+            return True
+        connecting = status.connections == 0
+        return connecting and time.monotonic() - self._armed_at < _CONNECT_GRACE_S
 
     def _evaluate(self) -> tuple[DevState, str]:
         """The device state and why, from the library's own status."""
@@ -1059,6 +1073,7 @@ class PtychoReconstruction(Device):
             name=f"{self.get_name()}-feed",
         )
         feed.start(timeout=10.0)
+        self._armed_at = time.monotonic()
         self._feed = feed
 
     def _disarm(self) -> None:

@@ -60,11 +60,15 @@ class DeviceFacts:
         The live reconstruction's fault text (when ``phase == "fault"``).
     replaying : bool
         A Replay or Follow thread is running.
+    feed_connected : bool
+        Whether the armed feed is connected to its proxy (ignored when ``feed_address`` is
+        None).
     """
 
     fault: str | None = None
     feed_address: str | None = None
     feed_running: bool = True
+    feed_connected: bool = True
     feed_error: str = ""
     phase: str | None = None
     reconstruction_fault: str = ""
@@ -81,10 +85,11 @@ def evaluate(facts: DeviceFacts) -> tuple[str, str]:
     Returns
     -------
     (str, str)
-        ``"FAULT"``, ``"RUNNING"``, ``"STANDBY"`` or ``"ON"`` (names of ``tango.DevState``), and
-        the reason shown as the first line of Status. A recorded fault wins over a dead feed,
-        which wins over a reconstruction fault; then an active reconstruction (RUNNING), a
-        replay or an armed feed (STANDBY), else ON (idle).
+        ``"FAULT"``, ``"ALARM"``, ``"RUNNING"``, ``"STANDBY"`` or ``"ON"`` (names of
+        ``tango.DevState``), and the reason shown as the first line of Status. A recorded fault
+        wins over a dead feed, which wins over a reconstruction fault; then an armed feed that
+        has lost its proxy (ALARM: documents sent meanwhile are lost); then an active
+        reconstruction (RUNNING), a replay or an armed feed (STANDBY), else ON (idle).
     """
     if facts.fault:
         return "FAULT", facts.fault
@@ -92,6 +97,13 @@ def evaluate(facts: DeviceFacts) -> tuple[str, str]:
         return "FAULT", f"document feed stopped: {facts.feed_error or 'no reason given'}"
     if facts.phase == "fault":
         return "FAULT", f"reconstruction fault: {facts.reconstruction_fault}"
+    if facts.feed_address is not None and not facts.feed_connected:
+        doing = f", reconstruction {facts.phase}" if facts.phase in ACTIVE_PHASES else ""
+        return (
+            "ALARM",
+            f"document feed disconnected from the proxy {facts.feed_address}: documents "
+            f"published meanwhile are lost{doing}",
+        )
     if facts.phase in ACTIVE_PHASES:
         return "RUNNING", f"reconstructing ({facts.phase})"
     if facts.replaying:

@@ -274,8 +274,9 @@ def test_a_stop_sent_while_the_server_is_down_ends_the_resumed_run_by_the_idle_t
     status = dev.status()
     assert "MISSING STOP: 1 run(s)" in status, status
     assert dev.PatternsInUse == first
-    # no later event of the run arrived and the stop (with num_events) was lost, so no gap
-    # could be seen and FramesLost stays 0; the shortfall shows against the announced points
+    # no later event of the run arrived and the stop (with num_events) was lost: the idle
+    # timeout counts the shortfall against the start document's announced points as lost
+    assert dev.FramesLost == n - first, status
     assert dev.Progress == pytest.approx(100.0 * first / n), dev.Progress
     assert f"{first}/{n} patterns received" in status, status
     print(f"stop lost while down: {first} of {n} patterns recovered, run ended by the idle timeout")
@@ -307,10 +308,12 @@ def test_a_lost_proxy_is_shown_in_status_and_feed_connected(
         status = dev.status()
         assert "DISCONNECTED" in status and proxy.out_address.split("//")[-1] in status, status
         assert "documents sent meanwhile are lost" in status
+        assert dev.state() == DevState.ALARM, status  # not RUNNING/STANDBY as if all were well
         proxy = ProxyProcess(*ports)
         proxy.start(timeout=30.0)
         assert wait_for(lambda: dev.FeedConnected, timeout=30), dev.status()
         assert "DISCONNECTED" not in dev.status()
+        assert wait_for(lambda: dev.state() == DevState.STANDBY, timeout=30), dev.status()
         tango_servers.stop(server)
     finally:
         proxy.stop()

@@ -199,6 +199,7 @@ def test_feed_status_follows_the_proxy_through_sigkill_and_restart(
     status = link.feed.status
     assert status.connected and status.errors == 0 and status.oversized == 0
     assert status.last_document_age is not None and status.last_document_age < WAIT
+    assert status.connections == 1
 
     pid = link.proxy.pid
     link.proxy.kill()
@@ -218,6 +219,7 @@ def test_feed_status_follows_the_proxy_through_sigkill_and_restart(
     assert wait_for(lambda: link.feed.status.connected), "no reconnection after the restart"
     link.join()  # documents flow again: the SUB and the PUB reconnected by themselves
     assert link.feed.status.errors == 0
+    assert link.feed.status.connections == 2  # lost once, back once
 
 
 def test_oversized_documents_are_dropped_before_decoding(

@@ -182,6 +182,9 @@ def test_a_missing_stop_finishes_and_saves_the_run_after_the_idle_timeout(
     assert saved.metadata["missing_stop"] and saved.metadata["exit_status"] == "no stop"
     assert saved.metadata["frames_used"] == 10
     assert "idle timeout" in saved.metadata["message"]
+    # the tail never came: the start document's scan has more points than arrived
+    assert st.lost == saved.metadata["lost"] == len(small_dataset.nominal_positions_m) - 10
+    assert f"{st.lost} event(s) lost" in st.message
     # an event after the run was finished is said to be too late
     run.feed(small_dataset, [10])
     (reason,) = cb.status.reasons
@@ -465,7 +468,9 @@ def test_a_stop_after_the_idle_timeout_still_counts_the_lost_events(
     run.feed(small_dataset, range(5))
     run.feed(small_dataset, range(5, 8), send=False)  # the last three are lost
     cb.result(timeout=60)
-    assert cb.status.missing_stops == 1 and cb.status.lost == 0  # nothing known missing yet
+    # without a stop, the start's scan (its nominal points) says how many were expected
+    expected = len(small_dataset.nominal_positions_m)
+    assert cb.status.missing_stops == 1 and cb.status.lost == expected - 5
     run.stop()  # late: num_events says 8
     assert cb.status.lost == 3 and cb.status.rejected == 0
 

@@ -41,6 +41,14 @@ from bluesky_ptycho.live import LiveOptions
             "no reason given",
         ),
         (DeviceFacts(fault="Replay('x') failed", phase="running"), "FAULT", "Replay('x')"),
+        (
+            DeviceFacts(feed_address="h:1", feed_connected=False, phase="running"),
+            "ALARM",
+            "document feed disconnected from the proxy h:1: documents published meanwhile are "
+            "lost, reconstruction running",
+        ),
+        (DeviceFacts(feed_address="h:1", feed_connected=False), "ALARM", "disconnected"),
+        (DeviceFacts(feed_connected=False, phase="running"), "RUNNING", "reconstructing"),
     ],
 )
 def test_evaluate_decides_the_state_and_says_why(

@@ -16,14 +16,14 @@ from typing import Any
 
 import numpy as np
 
+from bluesky_ptycho.callback.run_state import FrameRejected, Run, cause_key
+from bluesky_ptycho.callback.runs import PatternRecord, RejectionTally
 from bluesky_ptycho.engine.state import ReconstructionState
 from bluesky_ptycho.io.assets import AssetError, DatumLocator, StreamLocator
 from bluesky_ptycho.io.hdf5 import ReadCause
 from bluesky_ptycho.io.result import write_result
 from bluesky_ptycho.live import LiveOptions, lower_thread_priority
 from bluesky_ptycho.preprocess import preprocess
-from bluesky_ptycho.run_state import FrameRejected, Run, cause_key
-from bluesky_ptycho.runs import PatternRecord, RejectionTally
 from bluesky_ptycho.setup import START_KEY
 
 __all__ = ["FrameWork"]
@@ -278,6 +278,12 @@ class FrameWork:
             "rejections": rejections,
             "lost": run.lost,
             "missing_stop": run.missing_stop,
+            "quarantined": status.quarantined,
+            "quarantine_reasons": list(status.quarantine_reasons),
+            "removed": status.removed,
+            "removal_reasons": list(status.removal_reasons),
+            "faults": list(status.faults),
+            "fault": status.fault or "",
             "message": run.message,
             START_KEY: run.setup.to_start_doc(),
         }

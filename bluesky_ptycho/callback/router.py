@@ -26,12 +26,8 @@ from typing import Any
 import event_model
 import numpy as np
 
-from bluesky_ptycho.engine.state import ReconstructionState
-from bluesky_ptycho.frame_work import FrameWork
-from bluesky_ptycho.io.assets import AssetError, AssetRegistry
-from bluesky_ptycho.live import LiveOptions, LiveReconstruction, Snapshot
-from bluesky_ptycho.probes import ProbeInit
-from bluesky_ptycho.run_state import (
+from bluesky_ptycho.callback.frame_work import FrameWork
+from bluesky_ptycho.callback.run_state import (
     BoundedSet,
     DocumentRejected,
     HeldEvent,
@@ -41,7 +37,7 @@ from bluesky_ptycho.run_state import (
     unpack_event_page,
     where,
 )
-from bluesky_ptycho.runs import (
+from bluesky_ptycho.callback.runs import (
     CallbackStatus,
     PatternRecord,
     Rejection,
@@ -50,11 +46,15 @@ from bluesky_ptycho.runs import (
     count_worth_logging,
     usable_seq_num,
 )
+from bluesky_ptycho.engine.state import ReconstructionState
+from bluesky_ptycho.io.assets import AssetError, AssetRegistry
+from bluesky_ptycho.live import LiveOptions, LiveReconstruction, Snapshot
+from bluesky_ptycho.probes import ProbeInit
 from bluesky_ptycho.setup import START_KEY, ScanSetup
 
 __all__ = ["CallbackStatus", "PatternRecord", "PtychoCallback", "Rejection", "ScanSetup"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("bluesky_ptycho.callback")
 
 _MAX_REASONS = 100
 _KEEP_FINISHED = 16  # finished runs remembered (late and repeated documents of them)
@@ -301,6 +301,11 @@ class PtychoCallback(FrameWork, event_model.DocumentRouter):
         )
         if worst is not None:
             message += f"; {run.rejected} rejected, most for: {worst.message}"
+        live = run.live.status
+        if live.quarantined:
+            message += f" ({live.quarantined} of them quarantined as implausible)"
+        if live.removed:
+            message += f"; {live.removed} removed after a diverged update"
         if run.lost:
             message += f"; {run.lost} event(s) lost"
         if run.duplicates:
@@ -637,6 +642,25 @@ class PtychoCallback(FrameWork, event_model.DocumentRouter):
             if n is not None and len(streams) == 1:
                 streams[0].expected = n
 
+    @staticmethod
+    def _expect_points(run: Run) -> None:
+        """Without a stop, the start's ``num_points`` tells how many frame events to expect.
+
+        Applied to the one stream that carries the detector, unless a stop's ``num_events``
+        already did; a stop that comes later replaces it.
+        """
+        n = usable_seq_num(run.start_doc.get("num_points"))
+        if n is None:
+            n = run.setup.expected_points
+        key = run.setup.detector_key
+        streams = [
+            s
+            for uid, s in run.streams.items()
+            if key in (run.descriptors.get(uid, {}).get("data_keys") or {})
+        ]
+        if n is not None and len(streams) == 1 and streams[0].expected is None:
+            streams[0].expected = int(n)
+
     def _is_ignored(self, uid: Any) -> bool:
         return isinstance(uid, str) and uid in self._ignored
 
@@ -910,6 +934,7 @@ class PtychoCallback(FrameWork, event_model.DocumentRouter):
                 if idle >= self.idle_timeout:
                     self._missing_stops += 1
                     run.missing_stop = True
+                    self._expect_points(run)
                     logger.warning(
                         "run %s: no stop document and no document for %.3g s: finishing it "
                         "without its stop",

@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bluesky_ptycho.callback.runs import ShapeVote, StreamCount
 from bluesky_ptycho.engine.state import ReconstructionState
 from bluesky_ptycho.geometry import ObjectFrame
 from bluesky_ptycho.io.assets import AssetRegistry
 from bluesky_ptycho.io.hdf5 import ReadCause
 from bluesky_ptycho.live import LiveReconstruction
 from bluesky_ptycho.preprocess import PreprocessConfig
-from bluesky_ptycho.runs import ShapeVote, StreamCount
 from bluesky_ptycho.setup import ScanSetup
 
 __all__ = [
