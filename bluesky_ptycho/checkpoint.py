@@ -34,9 +34,11 @@ import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO
 
 import numpy as np
+
+from bluesky_ptycho.live.record import PatternRecord
 
 __all__ = [
     "FAILED_SUFFIX",
@@ -65,47 +67,11 @@ _PAYLOAD_HEAD = struct.Struct("<iqqddIIB")
 _MAX_RECORD = 1 << 31  # a length beyond this is a torn or foreign record, not a frame
 
 
-class PatternLike(Protocol):
-    """What :meth:`CheckpointWriter.append` needs of a pattern (``callback.PatternRecord``)."""
+PatternLike = PatternRecord
+"""What :meth:`CheckpointWriter.append` takes: the callback's ``on_pattern`` record."""
 
-    run_uid: str
-    descriptor: str
-    seq_num: int | None
-    index: int
-    intensities: np.ndarray
-    mask: np.ndarray | None
-    positions_px: np.ndarray
-
-
-@dataclass(frozen=True)
-class SavedPattern:
-    """One pattern read back from a checkpoint (the fields of ``callback.PatternRecord``).
-
-    Attributes
-    ----------
-    run_uid : str
-        The run's start uid.
-    descriptor : str
-        The uid of the descriptor of the event the pattern came from.
-    seq_num : int or None
-        The event's ``seq_num`` (None when it had no usable one).
-    index : int
-        The submit index the reconstruction gave it.
-    intensities : ndarray, float32, shape (N, N)
-        The preprocessed pattern.
-    mask : ndarray of bool, shape (N, N), or None
-        True where a pixel is bad.
-    positions_px : ndarray, float64, shape (2,)
-        ``(row, col)`` of the probe patch in object pixels.
-    """
-
-    run_uid: str
-    descriptor: str
-    seq_num: int | None
-    index: int
-    intensities: np.ndarray
-    mask: np.ndarray | None
-    positions_px: np.ndarray
+SavedPattern = PatternRecord
+"""A pattern read back from a checkpoint: the record that was appended."""
 
 
 @dataclass(frozen=True)

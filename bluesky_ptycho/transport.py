@@ -295,7 +295,12 @@ def deserialize(data: bytes | memoryview) -> dict:
 
 
 def make_publisher(
-    address: str, prefix: bytes = b"", *, linger: float = 2.0, hwm: int = DEFAULT_HWM
+    address: str,
+    prefix: bytes = b"",
+    *,
+    linger: float = 2.0,
+    hwm: int = DEFAULT_HWM,
+    connect_timeout: float = 5.0,
 ) -> Publisher:
     """A bluesky ``Publisher`` that encodes with :func:`serialize` (msgpack, not pickle).
 
@@ -311,6 +316,11 @@ def make_publisher(
     hwm : int, optional
         Messages queued for the proxy before the publisher drops (it never blocks the
         RunEngine): the RunEngine process holds at most ``hwm`` x document size for it.
+    connect_timeout : float, optional
+        Seconds to wait, here and once, for the proxy to subscribe. A 0MQ publisher drops
+        what it sends before its peer's subscription arrives, so without this wait the first
+        documents of a fresh publisher (the start document) were lost now and then. When the
+        proxy is not up within the time, a warning says so and the publisher goes on.
 
     Returns
     -------
@@ -326,7 +336,9 @@ def make_publisher(
     context = getattr(publisher, "_context", None)
     if isinstance(old, zmq.Socket) and isinstance(context, zmq.Context):
         old.close(linger=0)
-        sock = context.socket(zmq.PUB)
+        # XPUB: a PUB that also hands over the subscriptions it receives, so that we can wait
+        # for the proxy's before the first document goes out
+        sock = context.socket(zmq.XPUB)
         _configure(
             sock,
             hwm=hwm,
@@ -334,6 +346,15 @@ def make_publisher(
             reconnect_ms=PUBLISHER_RECONNECT_MS,
         )
         sock.connect(publisher.address)
+        if sock.poll(max(0, round(1000 * connect_timeout)), zmq.POLLIN):
+            sock.recv()  # the proxy's subscription: from now on nothing is dropped for it
+        else:
+            logger.warning(
+                "the 0MQ proxy at %s did not subscribe within %g s: documents published "
+                "before it does are lost",
+                publisher.address,
+                connect_timeout,
+            )
         publisher._socket = sock
     else:  # pragma: no cover - bluesky changed its internals
         logger.warning("cannot configure the Publisher's socket; 0MQ defaults apply")

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from bluesky_ptycho.live import LiveStatus
+from bluesky_ptycho.live.record import PatternRecord
 
 __all__ = [
     "CallbackStatus",
@@ -205,37 +206,6 @@ class ShapeVote:
         items = [item for _, item in self.held]
         self.held.clear()
         return items
-
-
-@dataclass(frozen=True)
-class PatternRecord:
-    """A pattern handed to a run's reconstruction (for checkpoints, see ``on_pattern``).
-
-    Attributes
-    ----------
-    run_uid : str
-        The run's start uid.
-    descriptor : str
-        The event's descriptor uid.
-    seq_num : int or None
-        The event's sequence number (None: it had no usable one).
-    index : int
-        The submit index :meth:`~bluesky_ptycho.live.LiveReconstruction.submit` returned.
-    intensities : ndarray, shape (N, N)
-        The preprocessed pattern (float32).
-    mask : ndarray of bool, shape (N, N), or None
-        Bad pixels.
-    positions_px : ndarray, shape (2,)
-        ``(row, col)`` top-left probe-patch corner in object pixels.
-    """
-
-    run_uid: str
-    descriptor: str
-    seq_num: int | None
-    index: int
-    intensities: np.ndarray
-    mask: np.ndarray | None
-    positions_px: np.ndarray
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from bluesky_ptycho.live.phase import PHASES, Phase
 from bluesky_ptycho.live.publisher import Snapshot
 from bluesky_ptycho.live.quarantine import QuarantinedFrame, QuarantinePolicy
 from bluesky_ptycho.live.reconstruction import LiveReconstruction, LiveStatus
+from bluesky_ptycho.live.record import PatternRecord
 from bluesky_ptycho.live.threads import lower_thread_priority
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "LiveReconstruction",
     "LiveStatus",
     "PacingPolicy",
+    "PatternRecord",
     "Phase",
     "QuarantinePolicy",
     "QuarantinedFrame",
