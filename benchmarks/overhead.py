@@ -13,13 +13,7 @@ For each frame rate the same scan runs twice per repeat, alternating, without an
 script prints both wall times, the achieved frame rate and their ratio (target at most 1.05),
 the median over the repeats.
 
-With ``--via-proxy`` the RunEngine's process does not reconstruct: it publishes its documents
-to the project's 0MQ proxy (``transport.publish``), and a second process (``DocumentFeed`` into
-a ``PtychoCallback``, as in the Tango device server) reconstructs. The two share the machine's
-cores but not a Python interpreter lock.
-
     python benchmarks/overhead.py [--rates 10 100 500] [--seconds 10] [--size 256] [--repeats 2]
-                                  [--via-proxy]
 """
 
 from __future__ import annotations
@@ -28,8 +22,6 @@ import argparse
 import dataclasses
 import os
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from typing import Any
@@ -43,7 +35,6 @@ from bluesky_ptycho.callback import PtychoCallback
 from bluesky_ptycho.live import LiveOptions, PacingPolicy
 from bluesky_ptycho.sim_beamline import PtychoDetector, SimBeamline, make_beamline
 from bluesky_ptycho.simulate import study_offline_preset
-from bluesky_ptycho.transport import ProxyProcess, make_publisher
 
 
 class RecordedDetector(PtychoDetector):
@@ -100,45 +91,6 @@ def record_frames(side: int, size: int) -> tuple[SimBeamline, list[np.ndarray]]:
     return beamline, frames
 
 
-_CONSUMER = """
-import sys, time
-from bluesky_ptycho.callback import PtychoCallback
-from bluesky_ptycho.transport import DocumentFeed
-stops = []
-cb = PtychoCallback()
-def take(name, doc):
-    cb(name, doc)
-    if name == "stop":
-        stops.append(doc)
-feed = DocumentFeed(sys.argv[1], take)
-feed.start(timeout=30)
-feed.wait_connected(30)
-print("ready", flush=True)
-def quiet():
-    age = feed.status.last_document_age
-    return age is not None and age > 20.0
-while not stops and not quiet():
-    time.sleep(0.05)
-if not stops:
-    print("no stop received:", cb.status.message, file=sys.stderr, flush=True)
-cb.result(timeout=1800)
-print(cb.status.frames_used, flush=True)
-feed.stop()
-"""
-
-
-def _consumer(out_address: str) -> subprocess.Popen[str]:
-    """A process that reconstructs what the proxy delivers (one run), as the device does."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _CONSUMER, out_address], stdout=subprocess.PIPE, text=True
-    )
-    assert proc.stdout is not None
-    if proc.stdout.readline().strip() != "ready":
-        raise RuntimeError("the consumer process did not start")
-    time.sleep(0.5)  # let the subscription reach the proxy
-    return proc
-
-
 def timed_scan(
     beamline: SimBeamline,
     frames: list[np.ndarray],
@@ -146,7 +98,6 @@ def timed_scan(
     rate: float,
     with_callback: bool,
     options: LiveOptions | None = None,
-    proxy: ProxyProcess | None = None,
 ) -> tuple[float, int]:
     """Wall time of one scan at ``rate`` frames/s, and frames the callback used (or 0)."""
     detector = RecordedDetector(
@@ -159,20 +110,13 @@ def timed_scan(
         position_scale_m=beamline.position_scale_m,
     )
     RE = RunEngine({})
-    cb = PtychoCallback(options=options) if with_callback and proxy is None else None
-    consumer = None
+    cb = PtychoCallback(options=options) if with_callback else None
     if cb is not None:
         RE.subscribe(cb)
-    elif with_callback and proxy is not None:
-        consumer = _consumer(proxy.out_address)
-        RE.subscribe(make_publisher(proxy.in_address))
     t0 = time.perf_counter()
     RE(_plan(beamline, detector, side))
     elapsed = time.perf_counter() - t0
     used = 0
-    if consumer is not None:
-        out, _ = consumer.communicate(timeout=1800)
-        used = int(out.split()[-1])
     if cb is not None:
         cb.result(timeout=1800)
         used = cb.status.frames_used
@@ -194,15 +138,7 @@ def main() -> None:
         action="store_true",
         help="pacing that waits for the stop: the cost of document handling and ingest alone",
     )
-    parser.add_argument(
-        "--via-proxy",
-        action="store_true",
-        help="publish through the 0MQ proxy to a reconstructing process instead",
-    )
     args = parser.parse_args()
-    proxy = ProxyProcess() if args.via_proxy else None
-    if proxy is not None:
-        proxy.start(timeout=30.0)
     options = LiveOptions()
     if args.no_iterations_during_scan:
         options = dataclasses.replace(
@@ -223,15 +159,13 @@ def main() -> None:
         alone, withcb, used = [], [], 0
         for _ in range(args.repeats):
             alone.append(timed_scan(beamline, frames, side, rate, with_callback=False)[0])
-            t, used = timed_scan(beamline, frames, side, rate, True, options, proxy)
+            t, used = timed_scan(beamline, frames, side, rate, True, options)
             withcb.append(t)
         a, w = statistics.median(alone), statistics.median(withcb)
         print(
             f"{rate:6.0f} {n:6d} {a:8.2f} {w:8.2f} {n / a:9.1f} {w / a:6.3f}"
             f"   (callback used {used}/{n} frames; target ratio <= 1.05)"
         )
-    if proxy is not None:
-        proxy.stop()
 
 
 if __name__ == "__main__":
